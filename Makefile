@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install first if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+
+.PHONY: install demo test clean-demo
+
+install: $(STAMP)
+
+# Constraints pin the CPU torch wheel and its torchvision on every pip call, so nothing pulls CUDA wheels.
+$(STAMP): requirements/base.txt requirements/no-deps.txt requirements/constraints.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PIP) install -q --no-deps -r requirements/no-deps.txt
+	$(PIP) install -q --no-deps -e .
+	$(PY) -m diffusion.compat.torchvision_cpu
+	$(PY) -c "import composer, streaming, diffusers, transformers, cleanfid, torchvision"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m diffusion.demo.run_demo --out $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest tests -q
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,41 @@
+"""MDS column names and encodings written by each data_prep stage and read by diffusion/ and eval/.
+
+One place for the on-disk format, so the writer of a column and its readers cannot drift apart.
+Each stage copies every column of its input and adds its own, so attribution survives to the end.
+"""
+
+# fetch stage: the image plus every attribution field of the source photo.
+IMAGE = "image"
+ATTRIBUTION_COLUMNS = {
+    "photo_id": "str",
+    "title": "str",  # original alt-text (YFCC title); kept beside the synthetic caption
+    "description": "str",
+    "author_name": "str",
+    "author_id": "str",
+    "page_url": "str",
+    "download_url": "str",
+    "license": "str",  # a data_prep.licenses.License value, e.g. "CC-BY"
+    "license_name": "str",  # as written in the metadata
+    "license_url": "str",
+    "orig_width": "int",
+    "orig_height": "int",
+    "sha256": "str",  # of the original downloaded bytes
+}
+FETCH_COLUMNS = {IMAGE: "jpeg", **ATTRIBUTION_COLUMNS}
+
+# caption stage ("telephoning"): synthetic caption from BLIP-2.
+BLIP2_CAPTION = "blip2_caption"
+# demo shapes data carries its ground-truth caption here instead.
+CAPTION = "caption"
+
+# latents stage. Image latents are stored ALREADY MULTIPLIED by the VAE's scaling_factor;
+# diffusion/ never scales a precomputed latent again (scaling is applied exactly once).
+def image_latents_key(resolution: int) -> str:
+    return f"latents_{resolution}"
+
+
+CAPTION_LATENTS = "caption_latents"  # text-encoder last hidden state, (seq_len, dim)
+LATENT_ENCODING = "ndarray"  # dtype (float16 by default, float32 on request) travels with the array
+EMPTY_CAPTION_LATENTS_FILE = "empty_caption_latents.npy"  # written once beside the shards' index.json
+
+MANIFEST_FILE = "manifest.json"
