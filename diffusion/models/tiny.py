@@ -1,0 +1,84 @@
+"""Tiny randomly initialised VAE, CLIP text encoder and offline tokenizer, for tests and the CPU demo.
+
+No weights can be downloaded on the machines this recipe is tested on, so these are built from config
+classes. They run exactly the code path of the real models, only smaller.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from diffusers import AutoencoderKL
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+# Words the demo captions and the tests use; anything else falls back to character tokens.
+DEFAULT_WORDS = (
+    "a an the of on in with and small large big tiny photo picture image drawing "
+    "red green blue yellow white black orange purple gray pink cyan magenta "
+    "circle square triangle ring cross shape background"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's byte-level BPE alphabet: printable bytes map to themselves, the rest to code points >= 256.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def save_tiny_tokenizer(out_dir: str, words=DEFAULT_WORDS, model_max_length: int = 16) -> str:
+    """Writes a CLIPTokenizer folder: CLIP's byte alphabet plus BPE merges trained on `words`.
+
+    The merges are learnt with the `tokenizers` library so every listed word becomes one token;
+    anything else still tokenizes, into characters.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    os.makedirs(out_dir, exist_ok=True)
+    alphabet = list(_bytes_to_unicode().values())
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
+        vocab_size=10_000, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False
+    )
+    bpe.train_from_iterator([" ".join(words)] * 4, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    vocab: dict[str, int] = {}
+    for token in alphabet + [c + "</w>" for c in alphabet] + [m.replace(" ", "") for m in merges]:
+        vocab.setdefault(token, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    with open(os.path.join(out_dir, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(out_dir, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(
+        os.path.join(out_dir, "vocab.json"), os.path.join(out_dir, "merges.txt"),
+        model_max_length=model_max_length, pad_token="<|endoftext|>",
+    )
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_text_encoder(vocab_size: int, hidden_size: int = 32, max_positions: int = 16) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_positions,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def tiny_vae(latent_channels: int = 4) -> AutoencoderKL:
+    """Downsamples by 2 (two blocks); 32px images give 16x16 latents."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, sample_size=32,
+    )
