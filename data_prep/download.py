@@ -1,0 +1,251 @@
+"""Fetch image bytes by URL or local path, naming a reason for every failure.
+
+Remote URLs must be http/https, and so must every redirect hop. Each attempt has connect and read
+timeouts plus a wall-clock cap; transient failures (5xx, 408, 429, timeouts, dropped connections)
+are retried with exponential backoff, while 4xx answers and oversize bodies are not. Bodies are
+streamed and abandoned as soon as they pass ``max_bytes``. Local paths (and ``file://`` URLs at the
+top level, never as a redirect target) are read only when ``allow_local`` is set.
+
+Redirects and retries are handled here rather than by requests/urllib3 because both hide what we
+need: urllib3's ``Retry`` does not cover failures while streaming the body and reports an exhausted
+read timeout as a plain ``ConnectionError``, and requests' own redirect loop would follow a hop to
+another scheme before we could refuse it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
+
+import requests
+import urllib3
+
+REMOTE_SCHEMES = ("http", "https")
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0  # longest silence between two reads
+    total_timeout: float | None = 120.0  # wall clock per attempt, so a trickling body cannot hang a worker
+    retries: int = 3  # extra attempts after the first, for retryable failures only
+    backoff: float = 0.5  # seconds before the first retry; doubled after each
+    max_backoff: float = 30.0
+    max_bytes: int = 50 * 2**20
+    max_redirects: int = 5
+    allow_local: bool = False
+    chunk_size: int = 64 * 2**10
+    user_agent: str = "commoncanvas-recipes-fetch/0.1"
+
+
+@dataclass
+class Download:
+    """Outcome of one fetch: ``data`` on success, else ``reason`` (a short stable tag) and ``detail``."""
+
+    url: str
+    data: bytes | None = None
+    reason: str | None = None
+    detail: str = ""
+    attempts: int = 1
+    final_url: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+class DownloadError(Exception):
+    def __init__(self, reason: str, detail: str = "", retryable: bool = False, retry_after: float | None = None):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def classify_request_exception(exc: BaseException) -> DownloadError:
+    """Map a requests/urllib3 exception onto a reason tag and whether retrying may help."""
+    if isinstance(exc, DownloadError):
+        return exc
+    # requests re-raises a read timeout hit while streaming the body as ConnectionError(ReadTimeoutError).
+    wrapped = exc.args[0] if exc.args else None
+    if isinstance(exc, requests.Timeout) or isinstance(wrapped, urllib3.exceptions.ReadTimeoutError):
+        return DownloadError("timeout", str(exc), retryable=True)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return DownloadError("ssl_error", str(exc))
+    if isinstance(exc, requests.exceptions.InvalidSchema):
+        return DownloadError("bad_scheme", str(exc))
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                        urllib3.exceptions.LocationParseError, UnicodeError)):
+        return DownloadError("bad_url", str(exc))
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        return DownloadError("read_error", str(exc), retryable=True)
+    if isinstance(exc, requests.ConnectionError):
+        return DownloadError("connection_error", str(exc), retryable=True)
+    if isinstance(exc, requests.RequestException):
+        return DownloadError("request_error", str(exc))
+    if isinstance(exc, ValueError):  # urllib.parse rejects some malformed URLs itself
+        return DownloadError("bad_url", str(exc))
+    raise exc
+
+
+class Downloader:
+    """Thread-safe fetcher; each thread gets its own ``requests.Session`` (sessions are not thread-safe)."""
+
+    def __init__(self, config: DownloadConfig | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.config = config or DownloadConfig()
+        self._sleep = sleep
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.config.user_agent
+            session.max_redirects = self.config.max_redirects
+            self._local.session = session
+        return session
+
+    def fetch(self, url: str) -> Download:
+        """Fetch ``url`` with retries; never raises for network or input problems."""
+        cfg = self.config
+        for attempt in range(1, cfg.retries + 2):
+            try:
+                data, final_url = self._fetch_once(url)
+                return Download(url=url, data=data, attempts=attempt, final_url=final_url)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a counted reason
+                err = classify_request_exception(exc)
+            if not err.retryable or attempt > cfg.retries:
+                return Download(url=url, reason=err.reason, detail=err.detail, attempts=attempt)
+            self._sleep(self._backoff_delay(attempt, err.retry_after))
+        raise AssertionError("unreachable")
+
+    def _backoff_delay(self, attempt: int, retry_after: float | None) -> float:
+        cfg = self.config
+        delay = cfg.backoff * 2 ** (attempt - 1)
+        delay *= 0.5 + random.random() / 2  # jitter, so workers hitting one host do not retry in lockstep
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, cfg.max_backoff)
+
+    def _fetch_once(self, url: str) -> tuple[bytes, str]:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in REMOTE_SCHEMES:
+            return self._fetch_http(url)
+        if scheme in ("", "file"):
+            if not self.config.allow_local:
+                raise DownloadError("bad_scheme", f"local path {url!r} given but local reads are off")
+            return self._read_local(url), url
+        raise DownloadError("bad_scheme", f"scheme {scheme!r} is not http/https")
+
+    def _read_local(self, url: str) -> bytes:
+        parts = urlsplit(url)
+        path = url2pathname(parts.path) if parts.scheme == "file" else url
+        try:
+            size = os.path.getsize(path)
+            if size > self.config.max_bytes:
+                raise DownloadError("too_large", f"{size} bytes > {self.config.max_bytes}")
+            with open(path, "rb") as f:
+                return f.read(self.config.max_bytes + 1)
+        except FileNotFoundError as exc:
+            raise DownloadError("file_missing", str(exc)) from exc
+        except IsADirectoryError as exc:
+            raise DownloadError("file_missing", str(exc)) from exc
+        except OSError as exc:
+            raise DownloadError("read_error", str(exc)) from exc
+
+    def _fetch_http(self, url: str) -> tuple[bytes, str]:
+        cfg = self.config
+        session = self.session
+        started = time.monotonic()
+        for _hop in range(cfg.max_redirects + 1):
+            if urlsplit(url).scheme.lower() not in REMOTE_SCHEMES:
+                raise DownloadError("bad_scheme", f"redirected to {url!r}")
+            resp = session.get(url, stream=True, allow_redirects=False,
+                               timeout=(cfg.connect_timeout, cfg.read_timeout))
+            with resp:
+                target = session.get_redirect_target(resp)
+                if target is not None:
+                    url = urljoin(resp.url, target)
+                    continue
+                if not 200 <= resp.status_code < 300:
+                    raise DownloadError(
+                        f"http_{resp.status_code}", resp.reason or "",
+                        retryable=resp.status_code in RETRYABLE_STATUS,
+                        retry_after=_retry_after_seconds(resp.headers.get("Retry-After")),
+                    )
+                return self._read_body(resp, started), resp.url
+        raise DownloadError("too_many_redirects", f"more than {cfg.max_redirects} hops")
+
+    def _read_body(self, resp: requests.Response, started: float) -> bytes:
+        cfg = self.config
+        declared = resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > cfg.max_bytes:
+            raise DownloadError("too_large", f"Content-Length {declared} > {cfg.max_bytes}")
+        chunks, total = [], 0
+        for chunk in resp.iter_content(chunk_size=cfg.chunk_size):
+            total += len(chunk)
+            if total > cfg.max_bytes:  # also catches a missing or lying Content-Length
+                raise DownloadError("too_large", f"body passed {cfg.max_bytes} bytes")
+            if cfg.total_timeout is not None and time.monotonic() - started > cfg.total_timeout:
+                raise DownloadError("timeout", f"body not done after {cfg.total_timeout}s", retryable=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def fetch_many(self, urls: Iterable[str], workers: int = 8) -> Iterator[Download]:
+        """Fetch in a thread pool; results come back in completion order."""
+        return map_unordered(self.fetch, urls, workers)
+
+
+def map_unordered(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int | None = None) -> Iterator[R]:
+    """``fn`` over ``items`` in ``workers`` threads, yielding results as they finish.
+
+    Unlike ``Executor.map`` it keeps at most ``in_flight`` items submitted (default 4 per worker), so a
+    long input is consumed lazily and finished results are not held back behind a slow one. Exceptions
+    raised by ``fn`` propagate to the caller.
+    """
+    workers = max(1, workers)
+    in_flight = in_flight or 4 * workers
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+        pending: set[Future] = set()
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < in_flight:
+                try:
+                    pending.add(pool.submit(fn, next(source)))
+                except StopIteration:
+                    exhausted = True
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
