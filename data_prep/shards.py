@@ -1,8 +1,11 @@
 """Resumable, rank-sharded MDS writing and reading shared by every data_prep stage.
 
 API STATUS: committed and stable (issue 4, part 1). Other stages code against exactly these names:
-    get_rank_world, shard_for_rank, barrier, ResumableMDSWriter, merge_ranks, part_counts,
-    write_manifest, read_columns, count_samples, iter_mds.
+    get_rank_world, shard_for_rank, barrier, ResumableMDSWriter, merge_ranks, part_counts, iter_ledger,
+    write_manifest, read_columns, count_samples, iter_mds, Encoded.
+Copying a column unchanged (e.g. the JPEG bytes; streaming would re-compress a decoded JPEG at quality 75):
+    for key, sample in iter_mds(src, raw=True): writer.write(key, sample)   # values are Encoded(bytes)
+Reading only some columns (no image decode): iter_mds(src, columns=["photo_id", "license"]).
 
 Guarantee: a stage killed at any point (SIGKILL included) and re-run loses no sample and duplicates none.
 
@@ -42,12 +45,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import Any
 
+import numpy as np
 from streaming import MDSWriter
 from streaming.base.compression import decompress
 from streaming.base.format import reader_from_json
+from streaming.base.format.mds.encodings import mds_decode, mds_encode
 from streaming.base.util import merge_index
 
 from data_prep.schema import MANIFEST_FILE
@@ -145,6 +151,12 @@ def _add_to_counts(counts: dict, entry: dict) -> None:
         counts["skipped_per_license"][lic] = counts["skipped_per_license"].get(lic, 0) + 1
 
 
+def iter_ledger(out_dir: str) -> Iterator[dict]:
+    """Ledger entries of every finished part: {"key", "status": "written"|"skipped", "reason"?, "license"}."""
+    for _, _, path in _finished_parts(out_dir):
+        yield from _read_ledger(path)
+
+
 def part_counts(out_dir: str) -> dict:
     """Totals over every finished part of every rank: {"written": n, "skipped": {reason: n},
     "written_per_license": {license: n}, "skipped_per_license": {license: n}}."""
@@ -161,6 +173,40 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A column value still in its MDS encoding. ResumableMDSWriter writes it byte-for-byte, so copying a
+    stage's columns never re-encodes them (a decoded JPEG would otherwise be re-compressed)."""
+
+    encoding: str
+    data: bytes
+
+    def decode(self) -> Any:
+        return mds_decode(self.encoding, self.data)
+
+
+class _PassthroughMDSWriter(MDSWriter):
+    """streaming.MDSWriter that also accepts Encoded values. Hand-written because MDSWriter always calls
+    mds_encode on every value; this mirrors its sample layout (sizes of variable columns, then data)."""
+
+    def encode_sample(self, sample: dict[str, Any]) -> bytes:
+        sizes, data = [], []
+        for name, encoding, size in zip(self.column_names, self.column_encodings, self.column_sizes):
+            value = sample[name]
+            if isinstance(value, Encoded):
+                if value.encoding != encoding:
+                    raise ValueError(f"column {name!r} is {encoding!r}, got an Encoded {value.encoding!r} value")
+                datum = value.data
+            else:
+                datum = mds_encode(encoding, value)
+            if size is None:
+                sizes.append(len(datum))
+            elif size != len(datum):
+                raise ValueError(f"column {name!r} ({encoding}) must encode to {size} bytes, got {len(datum)}")
+            data.append(datum)
+        return np.array(sizes, np.uint32).tobytes() + b"".join(data)
 
 
 class ResumableMDSWriter:
@@ -204,7 +250,7 @@ class ResumableMDSWriter:
             if part_rank == rank:
                 self._next_part = max(self._next_part, part + 1)
 
-        self._mds: MDSWriter | None = None
+        self._mds: _PassthroughMDSWriter | None = None
         self._tmp_dir: str | None = None
         self._ledger: list[dict] = []
         self._current_keys: set[str] = set()
@@ -237,7 +283,7 @@ class ResumableMDSWriter:
         self._tmp_dir = os.path.join(self.out_dir, TMP_PREFIX + _part_name(self.rank, self._next_part))
         if os.path.exists(self._tmp_dir):
             shutil.rmtree(self._tmp_dir)
-        self._mds = MDSWriter(out=self._tmp_dir, columns=self.columns, compression=self.compression,
+        self._mds = _PassthroughMDSWriter(out=self._tmp_dir, columns=self.columns, compression=self.compression,
                               size_limit=self.size_limit)
         self._ledger = []
         self._current_keys = set()
@@ -252,10 +298,14 @@ class ResumableMDSWriter:
         return key
 
     def write(self, key: Any, sample: dict) -> None:
-        """Write one sample (all `columns`, no others). The key column is filled from `key` if absent."""
+        """Write one sample (all `columns`, no others; values may be Encoded to copy them byte-for-byte).
+        The key column is filled from `key` if absent."""
         sample = dict(sample)
         sample.setdefault(self.key_column, str(key))
-        if str(sample[self.key_column]) != str(key):
+        stored_key = sample[self.key_column]
+        if isinstance(stored_key, Encoded):
+            stored_key = stored_key.decode()
+        if str(stored_key) != str(key):
             raise ValueError(f"sample's {self.key_column}={sample[self.key_column]!r} differs from key {key!r}")
         missing = self.columns.keys() - sample.keys()
         extra = sample.keys() - self.columns.keys()
@@ -263,7 +313,8 @@ class ResumableMDSWriter:
             raise ValueError(f"sample {key!r}: missing columns {sorted(missing)}, unknown columns {sorted(extra)}")
         key = self._claim(key)
         self._mds.write(sample)
-        entry = {"key": key, "status": "written", "license": sample.get("license")}
+        lic = sample.get("license")
+        entry = {"key": key, "status": "written", "license": lic.decode() if isinstance(lic, Encoded) else lic}
         self._record(entry)
 
     def skip(self, key: Any, reason: str, license: str | None = None) -> None:
@@ -308,8 +359,12 @@ class ResumableMDSWriter:
 
     def close(self) -> None:
         """Finish the current part (if it holds anything)."""
-        if self._mds is not None:
+        if self._mds is not None and self._ledger:
             self._finish_part()
+        elif self._mds is not None:  # opened, but its only write failed: nothing to publish
+            self._mds.finish()
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._mds = self._tmp_dir = None
 
     def __enter__(self) -> ResumableMDSWriter:
         return self
@@ -373,11 +428,13 @@ def count_samples(in_dir: str) -> int:
     return sum(s["samples"] for s in _load_index(in_dir)["shards"])
 
 
-def iter_mds(in_dir: str, rank: int = 0, world: int = 1,
-             key_column: str = DEFAULT_KEY_COLUMN) -> Iterator[tuple[str, dict]]:
+def iter_mds(in_dir: str, rank: int = 0, world: int = 1, key_column: str = DEFAULT_KEY_COLUMN,
+             columns: list[str] | None = None, raw: bool = False) -> Iterator[tuple[str, dict]]:
     """Yield (key, sample) of a merged MDS dir in index order: this rank's contiguous block of samples.
 
-    Reads with streaming's own shard readers. Compressed shards are decompressed one at a time into a
+    columns: decode only these (default all). raw: give values as Encoded (undecoded bytes) so a stage can
+    copy them unchanged with ResumableMDSWriter.write; the yielded key is always decoded.
+    Shards are opened with streaming's own readers. Compressed shards are decompressed one at a time into a
     temporary folder (streaming's LocalDataset only reads raw shards, and StreamingDataset would need
     shared memory and its own view of the world), so the input folder is never modified."""
     shards = _load_index(in_dir)["shards"]
@@ -389,14 +446,14 @@ def iter_mds(in_dir: str, rank: int = 0, world: int = 1,
             end = start + info["samples"]
             if end > lo and start < hi:
                 yield from _iter_shard(in_dir, tmp, info, max(lo, start) - start, min(hi, end) - start,
-                                       key_column)
+                                       key_column, columns, raw)
             start = end
             if start >= hi:
                 break
 
 
-def _iter_shard(in_dir: str, tmp: str, info: dict, first: int, stop: int,
-                key_column: str) -> Iterator[tuple[str, dict]]:
+def _iter_shard(in_dir: str, tmp: str, info: dict, first: int, stop: int, key_column: str,
+                columns: list[str] | None, raw: bool) -> Iterator[tuple[str, dict]]:
     raw_name = info["raw_data"]["basename"]
     root = in_dir
     if not os.path.isfile(os.path.join(in_dir, raw_name)):
@@ -410,13 +467,34 @@ def _iter_shard(in_dir: str, tmp: str, info: dict, first: int, stop: int,
             f.write(data)
         root = tmp
     reader = reader_from_json(root, None, info)
+    wanted = set(reader.column_names if columns is None else columns) | {key_column}
+    unknown = wanted - set(reader.column_names)
+    if unknown:
+        raise KeyError(f"{in_dir} has no column(s) {sorted(unknown)}; it has {reader.column_names}")
     try:
         for idx in range(first, stop):
-            sample = reader.get_item(idx)
-            yield str(sample[key_column]), sample
+            fields = _split_sample(reader, reader.get_sample_data(idx))
+            key = str(fields[key_column].decode())
+            yield key, {name: (value if raw else value.decode()) for name, value in fields.items() if name in wanted}
     finally:
         if root == tmp:
             os.remove(os.path.join(tmp, raw_name))
+
+
+def _split_sample(reader: Any, data: bytes) -> dict[str, Encoded]:
+    """An MDS sample's bytes -> column name -> Encoded, without decoding. Hand-written (mirrors
+    MDSReader.decode_sample) because streaming only offers decoding every column at once."""
+    sizes, pos = [], 0
+    for size in reader.column_sizes:
+        if size is None:
+            size = int(np.frombuffer(data[pos:pos + 4], np.uint32)[0])
+            pos += 4
+        sizes.append(size)
+    fields = {}
+    for name, encoding, size in zip(reader.column_names, reader.column_encodings, sizes):
+        fields[name] = Encoded(encoding, data[pos:pos + size])
+        pos += size
+    return fields
 
 
 # ---------------------------------------------------------------------------------------------- manifest

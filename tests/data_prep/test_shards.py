@@ -202,3 +202,39 @@ def test_manifest_records_counts_versions_and_input_manifests(tmp_path):
     assert manifest["flags"] == {"workers": 4}
     assert manifest["package_versions"]["mosaicml-streaming"] == "0.13.0"
     assert manifest["input_manifests"][str(src)]["flags"] == {"split": "C"}
+
+
+def test_raw_copy_keeps_jpeg_bytes_and_column_subset_skips_decoding(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.shards import Encoded
+
+    columns = {"photo_id": "str", "image": "jpeg", "license": "str", "latents": "ndarray"}
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    rng = np.random.default_rng(0)
+    with ResumableMDSWriter(str(src), columns, compression="zstd") as w:
+        for i in range(5):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=95)
+            w.write(f"p{i}", {"image": Image.open(io.BytesIO(buf.getvalue())), "license": "CC-BY",
+                              "latents": rng.standard_normal((2, 3)).astype(np.float16)})
+    merge_ranks(str(src))
+    with ResumableMDSWriter(str(dst), read_columns(str(src))) as w:
+        for key, sample in iter_mds(str(src), raw=True):
+            assert all(isinstance(v, Encoded) for v in sample.values())
+            w.write(key, sample)
+    merge_ranks(str(dst))
+    a = {k: s for k, s in iter_mds(str(src), raw=True)}
+    b = {k: s for k, s in iter_mds(str(dst), raw=True)}
+    assert a == b  # every column byte-identical: no JPEG re-compression
+    decoded = dict(iter_mds(str(dst)))
+    assert decoded["p3"]["latents"].dtype == np.float16 and decoded["p3"]["image"].size == (16, 16)
+    subset = dict(iter_mds(str(dst), columns=["license"]))
+    assert subset["p0"] == {"license": "CC-BY", "photo_id": "p0"}
+    with pytest.raises(KeyError, match="no column"):
+        next(iter_mds(str(dst), columns=["caption"]))
+    with ResumableMDSWriter(str(tmp_path / "bad"), columns) as w, pytest.raises(ValueError, match="is 'jpeg'"):
+        w.write("x", {**a["p0"], "photo_id": "x", "image": Encoded("png", b"123")})
