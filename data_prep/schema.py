@@ -39,3 +39,22 @@ LATENT_ENCODING = "ndarray"  # dtype (float16 by default, float32 on request) tr
 EMPTY_CAPTION_LATENTS_FILE = "empty_caption_latents.npy"  # written once beside the shards' index.json
 
 MANIFEST_FILE = "manifest.json"
+
+# filter_metadata stage (before any download): one row per kept photo, as parquet files under
+# <out>/photos/ (read them with data_prep.metadata.iter_filtered or pyarrow.parquet.read_table(<out>/photos)).
+# Same names as ATTRIBUTION_COLUMNS where they overlap; width/height are null when the source does not say.
+FILTERED_METADATA_DIR = "photos"
+FILTERED_METADATA_COLUMNS = {
+    "photo_id": "str",
+    "download_url": "str",
+    "page_url": "str",
+    "author_name": "str",
+    "author_id": "str",
+    "title": "str",
+    "description": "str",
+    "license": "str",  # a data_prep.licenses.License value
+    "license_name": "str",
+    "license_url": "str",
+    "width": "int",
+    "height": "int",
+}
