@@ -1,0 +1,326 @@
+"""Precompute VAE image latents and text-encoder caption latents into new MDS shards.
+
+    python -m data_prep.precompute_latents IN_DIR OUT_DIR --vae NAME_OR_PATH --text-encoder NAME_OR_PATH \
+        --tokenizer NAME_OR_PATH [--resolutions 256 512] [--caption-key blip2_caption] [--dtype fp16]
+
+Every input column is copied (JPEG bytes unchanged, see data_prep.passthrough; `--drop-image` leaves the
+image out) and these are added, as diffusion.datasets.text_image reads them with `precomputed_latents`:
+
+  latents_{res}    for each resolution: the image's short side resized to `res` (bicubic, antialiased),
+                   center-cropped to res x res, scaled to [-1, 1] (the same transform the training dataset
+                   applies to pixels), then  vae.encode(x).latent_dist.mean * vae.config.scaling_factor.
+                   The MEAN, not a sample: it is deterministic (a re-run or another rank gives the same
+                   bytes) and the usual choice for precomputed latents; the VAE's posterior std is tiny
+                   next to the diffusion noise added in training. Scaled ONCE here; diffusion/ never
+                   rescales a stored latent. Shape (latent_channels, res/f, res/f).
+  caption_latents  the text encoder's last hidden state for the `--caption-key` column, tokenized exactly
+                   as StableDiffusion.tokenize does (padding to model_max_length, truncation).
+                   Shape (model_max_length, hidden_size).
+
+Arrays are stored as `ndarray` columns in float16 (default) or float32. OUT_DIR/empty_caption_latents.npy
+holds the empty caption's latents, in the same dtype, for classifier-free-guidance dropout
+(model.empty_caption_latents in a training yaml), so dropped captions match stored ones exactly.
+
+Rank-sharded (RANK/WORLD_SIZE, one GPU per rank via LOCAL_RANK) and resumable: re-run the same command
+after any interruption. The settings that decide the stored values are kept in OUT_DIR/latents_settings.json
+and a re-run with different ones is refused rather than mixing two kinds of latents in one dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision import transforms
+from tqdm import tqdm
+
+from data_prep import schema
+from data_prep.passthrough import JpegPassthrough
+from data_prep.shards import (ResumableMDSWriter, barrier, count_samples, get_rank_world, iter_mds, merge_ranks,
+                              part_counts, read_columns, write_manifest)
+
+log = logging.getLogger(__name__)
+
+STAGE = "precompute_latents"
+SETTINGS_FILE = "latents_settings.json"
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}  # numpy has no bfloat16: not a storage option
+
+
+class StageError(Exception):
+    """Bad input or settings; the CLI prints it as one line and exits non-zero."""
+
+
+def pixel_transform(resolution: int) -> transforms.Compose:
+    """PIL RGB image -> (3, res, res) float tensor in [-1, 1]. Deliberately the same steps as the non-random
+    branch of diffusion.datasets.text_image.TextImageDataset, so precomputed and on-the-fly latents agree."""
+    return transforms.Compose([
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+        transforms.CenterCrop(resolution),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.5]),
+    ])
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids exactly as StableDiffusion.tokenize makes them (the model the latents are for)."""
+    return tokenizer(
+        list(captions), padding="max_length", max_length=tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids
+
+
+@dataclass
+class LatentEncoder:
+    """The frozen VAE and text encoder on one device, computing in `compute_dtype`."""
+
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    compute_dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        for model in (self.vae, self.text_encoder):
+            model.requires_grad_(False)
+            model.eval()
+            model.to(self.device, self.compute_dtype)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> (N, C, H/f, W/f) float32: posterior mean times the scaling factor."""
+        posterior = self.vae.encode(pixels.to(self.device, self.compute_dtype)).latent_dist
+        return posterior.mean.float() * self.scaling_factor
+
+    @torch.inference_mode()
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        """(N, max_length, hidden) float32: the text encoder's last hidden state."""
+        ids = tokenize(self.tokenizer, captions).to(self.device)
+        return self.text_encoder(ids)[0].float()
+
+
+def load_encoder(args: argparse.Namespace, device: torch.device) -> LatentEncoder:
+    from diffusion.models.components import load_text_encoder, load_tokenizer, load_vae
+
+    tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_subfolder)
+    text_encoder = load_text_encoder(args.text_encoder, args.text_encoder_subfolder, tokenizer=tokenizer)
+    vae = load_vae(args.vae, args.vae_subfolder)
+    return LatentEncoder(vae, text_encoder, tokenizer, device, TORCH_DTYPES[args.compute_dtype])
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_image: bool) -> dict[str, str]:
+    columns = {k: v for k, v in in_columns.items() if not (drop_image and k == schema.IMAGE)}
+    for res in resolutions:
+        columns[schema.image_latents_key(res)] = schema.LATENT_ENCODING
+    columns[schema.CAPTION_LATENTS] = schema.LATENT_ENCODING
+    return columns
+
+
+def check_input(in_dir: str, in_columns: dict[str, str], caption_key: str, resolutions: list[int]) -> None:
+    index = os.path.join(in_dir, "index.json")
+    if not in_columns:
+        raise StageError(f"{index} lists no samples")
+    for needed in (schema.IMAGE, caption_key, "photo_id"):
+        if needed not in in_columns:
+            hint = " (run data_prep.caption first, or pass --caption-key)" if needed == caption_key else ""
+            raise StageError(f"{index} has no column {needed!r}{hint}; its columns are {sorted(in_columns)}")
+    produced = [schema.image_latents_key(r) for r in resolutions] + [schema.CAPTION_LATENTS]
+    clash = [c for c in produced if c in in_columns]
+    if clash:
+        raise StageError(f"{index} already has column(s) {clash}: this stage would overwrite them")
+
+
+def check_settings(out_dir: str, settings: dict, rank: int) -> None:
+    """Refuse to resume into an out_dir written with other settings; record them on the first run."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != settings:
+            changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
+            raise StageError(f"{path} records other settings ({', '.join(changed)} differ): use a new OUT_DIR, "
+                             f"or re-run with the recorded ones")
+    elif rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(settings, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
+def save_empty_caption_latents(out_dir: str, encoder: LatentEncoder, np_dtype) -> str:
+    """(max_length, hidden) latents of "" in the storage dtype, written atomically."""
+    path = os.path.join(out_dir, schema.EMPTY_CAPTION_LATENTS_FILE)
+    array = encoder.encode_captions([""])[0].cpu().numpy().astype(np_dtype)
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+    return path
+
+
+def _decode(item):
+    """(key, sample) -> pixels per resolution, or the reason it cannot be used. Runs in a thread pool:
+    Pillow releases the GIL while decoding and resizing."""
+    key, sample, transforms_by_res = item
+    try:
+        image = sample[schema.IMAGE].convert("RGB")
+        return {res: t(image) for res, t in transforms_by_res.items()}, None
+    except (OSError, ValueError) as exc:  # Pillow's truncated/corrupt data errors
+        log.warning("sample %s: image cannot be decoded: %s", key, exc)
+        return None, "undecodable_image"
+
+
+def run(args: argparse.Namespace) -> dict:
+    rank, world = get_rank_world()
+    in_columns = read_columns(args.in_dir)
+    check_input(args.in_dir, in_columns, args.caption_key, args.resolutions)
+    columns = output_columns(in_columns, args.resolutions, args.drop_image)
+    np_dtype = NUMPY_DTYPES[args.dtype]
+
+    device = torch.device(args.device) if args.device else default_device()
+    encoder = load_encoder(args, device)
+    if "tiny" in (args.vae, args.text_encoder, args.tokenizer):
+        log.warning("'tiny' builds NEW random weights on every call: for smoke tests only, never resume with it")
+    settings = {
+        "vae": args.vae, "vae_subfolder": args.vae_subfolder,
+        "text_encoder": args.text_encoder, "text_encoder_subfolder": args.text_encoder_subfolder,
+        "tokenizer": args.tokenizer, "tokenizer_subfolder": args.tokenizer_subfolder,
+        "resolutions": list(args.resolutions), "dtype": args.dtype, "caption_key": args.caption_key,
+        "drop_image": args.drop_image, "scaling_factor": encoder.scaling_factor,
+        "tokenizer_max_length": int(encoder.tokenizer.model_max_length),
+    }
+    check_settings(args.out_dir, settings, rank)
+    if rank == 0:
+        save_empty_caption_latents(args.out_dir, encoder, np_dtype)
+
+    transforms_by_res = {res: pixel_transform(res) for res in args.resolutions}
+    total = count_samples(args.in_dir)
+    rank_total = (rank + 1) * total // world - rank * total // world
+    stats = {"written_this_run": 0, "skipped_this_run": 0}
+
+    def flush(batch, writer, passthrough, pool):
+        decoded = list(pool.map(_decode, [(key, sample, transforms_by_res) for key, sample, _ in batch]))
+        good = []
+        for (key, sample, kept), (pixels, reason) in zip(batch, decoded):
+            if pixels is None:
+                writer.skip(key, reason, license=sample.get("license"))
+                stats["skipped_this_run"] += 1
+            else:
+                good.append((key, sample, kept, pixels))
+        if not good:
+            return
+        latents = {res: encoder.encode_images(torch.stack([g[3][res] for g in good])).cpu().numpy()
+                   for res in args.resolutions}
+        text = encoder.encode_captions([str(g[1][args.caption_key]) for g in good]).cpu().numpy()
+        for i, (key, sample, kept, _) in enumerate(good):
+            arrays = {schema.image_latents_key(res): latents[res][i] for res in args.resolutions}
+            arrays[schema.CAPTION_LATENTS] = text[i]
+            if not all(np.isfinite(a).all() for a in arrays.values()):  # e.g. a VAE overflowing in fp16
+                writer.skip(key, "nonfinite_latents", license=sample.get("license"))
+                stats["skipped_this_run"] += 1
+                continue
+            out = {k: v for k, v in sample.items() if k in columns}
+            out.update({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in arrays.items()})
+            passthrough.write(writer, key, out, kept)
+            stats["written_this_run"] += 1
+
+    with ResumableMDSWriter(args.out_dir, columns, rank=rank, part_size=args.part_size) as writer, \
+            JpegPassthrough(columns) as passthrough, ThreadPoolExecutor(args.workers) as pool:
+        done = writer.done_keys()
+        batch = []
+        progress = tqdm(iter_mds(args.in_dir, rank, world), total=rank_total, desc=f"latents rank {rank}",
+                        unit="img", disable=args.no_progress)
+        for key, sample in progress:
+            if key in done:
+                continue
+            batch.append((key, sample, passthrough.capture(sample)))
+            if len(batch) == args.batch_size:
+                flush(batch, writer, passthrough, pool)
+                batch = []
+        if batch:
+            flush(batch, writer, passthrough, pool)
+        stats["jpeg_copied"], stats["jpeg_reencoded"] = passthrough.copied, passthrough.reencoded
+
+    barrier()
+    if rank == 0:
+        merged = merge_ranks(args.out_dir)
+        shapes = _array_shapes(args.out_dir, columns) if merged else {}
+        flags = {k: v for k, v in vars(args).items() if k not in ("in_dir", "out_dir")}
+        flags.update(
+            scaling_factor=encoder.scaling_factor, storage_dtype=np.dtype(np_dtype).name, array_shapes=shapes,
+            image_latents="vae.encode(x).latent_dist.mean * scaling_factor (scaled once, here)",
+            pixels="short side resized to res (bicubic, antialias), center crop res x res, [-1, 1]",
+            caption_latents="text_encoder(tokenizer(caption, padding=max_length, truncation))[0]",
+            empty_caption_latents=schema.EMPTY_CAPTION_LATENTS_FILE, device=str(device),
+        )
+        write_manifest(args.out_dir, STAGE, [args.in_dir], part_counts(args.out_dir), flags)
+        stats["merged_samples"] = merged
+    return stats
+
+
+def _array_shapes(out_dir: str, columns: dict[str, str]) -> dict[str, list[int]]:
+    samples = iter_mds(out_dir)
+    try:
+        _, first = next(samples)
+    finally:
+        samples.close()
+    return {k: list(first[k].shape) for k, enc in columns.items() if enc == schema.LATENT_ENCODING}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_prep.precompute_latents", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("in_dir", help="merged MDS folder from data_prep.caption (or any with image + caption columns)")
+    p.add_argument("out_dir", help="output MDS folder (re-run the same command to resume)")
+    p.add_argument("--vae", required=True, help="hub name or local folder of a diffusers AutoencoderKL")
+    p.add_argument("--vae-subfolder", default="vae", help="'' for a folder that is the VAE itself")
+    p.add_argument("--text-encoder", required=True, help="hub name or local folder of a CLIPTextModel")
+    p.add_argument("--text-encoder-subfolder", default="text_encoder")
+    p.add_argument("--tokenizer", required=True, help="hub name or local folder of a CLIPTokenizer")
+    p.add_argument("--tokenizer-subfolder", default="tokenizer")
+    p.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], help="square center-crop sides")
+    p.add_argument("--caption-key", default=schema.BLIP2_CAPTION, help="input column holding the caption")
+    p.add_argument("--dtype", choices=sorted(NUMPY_DTYPES), default="fp16", help="storage dtype of the arrays")
+    p.add_argument("--compute-dtype", choices=sorted(TORCH_DTYPES), default="fp32",
+                   help="dtype the VAE and text encoder run in (fp16/bf16 are faster on GPU)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--drop-image", action="store_true", help="do not copy the image column into the output")
+    p.add_argument("--part-size", type=int, default=1000, help="samples per atomically published part")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding threads")
+    p.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if CUDA is available, else cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.part_size < 1 or args.workers < 1:
+        sys.exit(f"{STAGE}: --batch-size, --part-size and --workers must be >= 1")
+    if min(args.resolutions) < 8:
+        sys.exit(f"{STAGE}: --resolutions must be >= 8, got {args.resolutions}")
+    args.resolutions = sorted(set(args.resolutions))
+    for name in ("vae_subfolder", "text_encoder_subfolder", "tokenizer_subfolder"):
+        setattr(args, name, getattr(args, name) or None)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stats = run(args)
+    except (StageError, FileNotFoundError) as exc:
+        sys.exit(f"{STAGE}: {exc}")
+    log.info("%s: %s", STAGE, stats)
+    return stats
+
+
+if __name__ == "__main__":
+    main()
