@@ -130,7 +130,6 @@ class Downloader:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.config.user_agent
-            session.max_redirects = self.config.max_redirects
             self._local.session = session
         return session
 

@@ -6,7 +6,8 @@
 METADATA is the file data_prep.filter_metadata writes (parquet, or JSON lines), one row per photo with
 ``photo_id``, ``download_url`` and the attribution columns of ``schema.FETCH_COLUMNS``. Each row ends
 up either as a sample (schema.FETCH_COLUMNS: the image plus its attribution, original size and the
-sha256 of the downloaded bytes) or as a skip with a reason (``http_404``, ``timeout``, ``too_large``,
+sha256 of the downloaded bytes; the image re-encoded as JPEG at --jpeg-quality, which also strips
+the source's EXIF) or as a skip with a reason (``http_404``, ``timeout``, ``too_large``,
 ``truncated``, ``duplicate_sha256``, ...); manifest.json counts both per license and per reason.
 
 Layout of OUT_DIR:
@@ -31,14 +32,13 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
 from data_prep import shards
 from data_prep.download import DownloadConfig, Downloader, map_unordered
-from data_prep.images import DEFAULT_MAX_PIXELS, ImageConfig, ImageSkip, ProcessedImage, configure_pillow, process_image
+from data_prep.images import DEFAULT_MAX_PIXELS, ImageConfig, ImageSkip, configure_pillow, encode_jpeg, process_image
 from data_prep.schema import ATTRIBUTION_COLUMNS, FETCH_COLUMNS, IMAGE
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,12 @@ DROPPED_DIR = "dropped"
 DEFAULT_BUCKET_EDGES = (256, 512, 1024)
 
 
-class MetadataError(ValueError):
-    """Bad input file; the message names the file and the row or column."""
+class FetchInputError(ValueError):
+    """Bad input (metadata file, or an OUT_DIR written with other settings); the message names it."""
+
+
+class MetadataError(FetchInputError):
+    """Bad metadata file; the message names the file and the row or column."""
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -140,17 +144,23 @@ def bucket_name(short_side: int, edges: tuple[int, ...]) -> str:
 @dataclass
 class Fetched:
     row: dict
-    image: ProcessedImage | None = None
+    jpeg: bytes | None = None  # the image to store, already encoded (in the worker thread, not the writer's)
+    orig_width: int = 0
+    orig_height: int = 0
+    sha256: str = ""
     reason: str | None = None
     detail: str = ""
 
 
 class FetchWorker:
-    """Download + decode one row; runs in the thread pool (Pillow and sockets release the GIL)."""
+    """Download, decode, resize and JPEG-encode one row; runs in the thread pool (Pillow and sockets
+    release the GIL, so threads scale)."""
 
-    def __init__(self, downloader: Downloader, image_config: ImageConfig, local_root: str | None):
+    def __init__(self, downloader: Downloader, image_config: ImageConfig, jpeg_quality: int,
+                 local_root: str | None):
         self.downloader = downloader
         self.image_config = image_config
+        self.jpeg_quality = jpeg_quality
         self.local_root = local_root
 
     def resolve(self, url: str) -> str:
@@ -165,14 +175,18 @@ class FetchWorker:
         if not download.ok:
             return Fetched(row, reason=download.reason, detail=download.detail)
         try:
-            return Fetched(row, image=process_image(download.data, self.image_config))
+            image = process_image(download.data, self.image_config)
         except ImageSkip as skip:
             return Fetched(row, reason=skip.reason, detail=skip.detail)
+        return Fetched(row, jpeg=encode_jpeg(image.image, self.jpeg_quality), orig_width=image.orig_width,
+                       orig_height=image.orig_height, sha256=image.sha256)
 
 
-def make_sample(row: dict, image: ProcessedImage) -> dict:
-    return {IMAGE: image.image, **row, "orig_width": image.orig_width, "orig_height": image.orig_height,
-            "sha256": image.sha256}
+def make_sample(fetched: Fetched) -> dict:
+    """The FETCH_COLUMNS sample; the JPEG goes in as Encoded bytes, so the MDS writer stores them as they
+    are instead of re-compressing at streaming's fixed quality 75."""
+    return {IMAGE: shards.Encoded(FETCH_COLUMNS[IMAGE], fetched.jpeg), **fetched.row,
+            "orig_width": fetched.orig_width, "orig_height": fetched.orig_height, "sha256": fetched.sha256}
 
 
 class FetchOutput:
@@ -207,7 +221,7 @@ class FetchOutput:
         seen = {}
         for writer in self.writers.values():
             for part in _finished_part_dirs(writer.out_dir):
-                for key, sample in shards.iter_mds(part, key_column=KEY):
+                for key, sample in shards.iter_mds(part, key_column=KEY, columns=["sha256"]):
                     seen.setdefault(sample["sha256"], key)
         return seen
 
@@ -254,6 +268,8 @@ class FetchConfig:
     max_side: int | None = 1024
     min_side: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # 90: no visible artefact once shrunk to training size, ~2.5x the bytes of streaming's default 75.
+    jpeg_quality: int = 90
     workers: int = 16
     timeout: float = 10.0
     connect_timeout: float = 5.0
@@ -284,10 +300,13 @@ def run_fetch(metadata: str, out_dir: str, config: FetchConfig, rank: int | None
         backoff=config.backoff, max_bytes=config.max_bytes, allow_local=config.allow_local))
     image_config = ImageConfig(max_side=config.max_side, min_side=config.min_side, max_pixels=config.max_pixels)
     local_root = os.path.dirname(os.path.abspath(metadata)) if config.allow_local else None
-    worker = FetchWorker(downloader, image_config, local_root)
+    worker = FetchWorker(downloader, image_config, config.jpeg_quality, local_root)
 
-    output = FetchOutput(out_dir, rank, config.bucket_edges, dict(
-        part_size=config.part_size, compression=config.compression, size_limit=config.size_limit))
+    try:
+        output = FetchOutput(out_dir, rank, config.bucket_edges, dict(
+            part_size=config.part_size, compression=config.compression, size_limit=config.size_limit))
+    except ValueError as exc:  # e.g. OUT_DIR holds parts written with other columns
+        raise FetchInputError(f"{out_dir}: {exc}") from exc
     try:
         done = output.done_keys()
         todo = [row for row in rows if row[KEY] not in done]
@@ -298,12 +317,12 @@ def run_fetch(metadata: str, out_dir: str, config: FetchConfig, rank: int | None
         for result in map_unordered(worker, todo, config.workers):
             key, license_ = result.row[KEY], result.row["license"]
             reason = result.reason
-            if reason is None and result.image.sha256 in seen_sha256:
+            if reason is None and result.sha256 in seen_sha256:
                 reason = "duplicate_sha256"
-                result.detail = f"same bytes as {seen_sha256[result.image.sha256]}"
+                result.detail = f"same bytes as {seen_sha256[result.sha256]}"
             if reason is None:
-                seen_sha256[result.image.sha256] = key
-                output.write(key, make_sample(result.row, result.image))
+                seen_sha256[result.sha256] = key
+                output.write(key, make_sample(result))
                 kept += 1
             else:
                 log.debug("skip %s: %s %s", key, reason, result.detail)
@@ -371,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=1024, help="shrink so the SHORT side is at most this; 0 keeps size")
     p.add_argument("--min-side", type=int, default=0, help="drop images whose original short side is smaller")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit (w*h)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="quality of the stored (re-encoded) JPEGs")
     p.add_argument("--workers", type=int, default=16, help="download/decode threads")
     p.add_argument("--timeout", type=float, default=10.0, help="read timeout per request, seconds")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="connect timeout, seconds")
@@ -394,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> FetchConfig:
     return FetchConfig(
         max_side=args.max_side or None, min_side=args.min_side, max_pixels=args.max_pixels,
-        workers=args.workers, timeout=args.timeout, connect_timeout=args.connect_timeout, retries=args.retries,
+        jpeg_quality=args.jpeg_quality, workers=args.workers, timeout=args.timeout,
+        connect_timeout=args.connect_timeout, retries=args.retries,
         backoff=args.backoff, max_bytes=args.max_bytes, allow_local=args.allow_local,
         bucket_edges=args.bucket_edges if args.bucket_by_resolution else None, part_size=args.part_size,
         compression=args.compression, size_limit=args.size_limit, limit=args.limit, progress=not args.no_progress)
@@ -405,12 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
-    if config.workers < 1 or config.part_size < 1 or config.retries < 0:
-        parser.error("--workers and --part-size must be >= 1, --retries >= 0")
+    if config.workers < 1 or config.part_size < 1 or config.retries < 0 or not 1 <= config.jpeg_quality <= 100:
+        parser.error("--workers and --part-size must be >= 1, --retries >= 0, --jpeg-quality in 1..100")
     configure_pillow(config.max_pixels)
     try:
         counts = run_fetch(args.metadata, args.out_dir, config)
-    except MetadataError as exc:
+    except FetchInputError as exc:
         print(f"fetch: error: {exc}", file=sys.stderr)
         return 2
     skipped = sum(counts["skipped"].values())

@@ -128,6 +128,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise ImageSkip("unsupported_mode", f"cannot convert {img.mode} to RGB: {exc}") from exc
 
 
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    """Baseline JPEG bytes of an RGB image. Re-encoding also drops the source's EXIF (GPS included)."""
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
 def process_image(data: bytes, config: ImageConfig | None = None) -> ProcessedImage:
     """Decode, orient, convert to RGB and shrink ``data``; raises ``ImageSkip`` naming why not."""
     config = config or ImageConfig()

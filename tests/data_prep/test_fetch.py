@@ -12,6 +12,7 @@ from streaming import StreamingDataset
 
 from data_prep import shards
 from data_prep.fetch import FetchConfig, bucket_name, main, read_metadata, run_fetch
+from data_prep.images import ImageConfig, encode_jpeg, process_image
 from data_prep.schema import FETCH_COLUMNS, MANIFEST_FILE
 
 ATTRIBUTION_TEXT = ["photo_id", "title", "description", "author_name", "author_id", "page_url", "download_url",
@@ -29,7 +30,8 @@ def bomb_png() -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)  # 10 gigapixels declared, ~100 bytes sent
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
 
 
 def row(photo_id: str, url: str, license_: str = "CC-BY") -> dict:
@@ -130,6 +132,9 @@ def test_every_reason_is_counted_and_good_images_keep_their_attribution(site, tm
         assert image.mode == "RGB" and min(image.size) == min(256, min(original.size))
     assert samples["large"]["image"].size == (384, 256)  # 900x600 shrunk on its short side
     assert samples["small"]["image"].size == (200, 150)  # never upscaled
+    # The stored bytes are the worker's own encode at the configured quality, not a second re-compression.
+    stored = {key: s["image"].data for key, s in shards.iter_mds(str(out), columns=["image"], raw=True)}
+    assert stored["large"] == encode_jpeg(process_image(good["large"], ImageConfig(max_side=256)).image, 90)
 
     # A third run has nothing left to do and fetches nothing.
     before = sum(server.hits.values())
@@ -184,6 +189,14 @@ def test_cli_exits_with_one_line_on_bad_input(tmp_path, capsys):
     assert main([str(tmp_path / "nope.jsonl"), str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.jsonl: no such file" in err
+    # An OUT_DIR written by something else (other columns) is refused in one line, not overwritten.
+    other = tmp_path / "other"
+    with shards.ResumableMDSWriter(str(other), {"photo_id": "str", "x": "int"}) as writer:
+        writer.write("a", {"x": 1})
+    metadata = write_jsonl(tmp_path / "m.jsonl", [row("a", "http://127.0.0.1:9/a.jpg")])
+    assert main([metadata, str(other), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "use a new out_dir" in err
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "--bucket-by-resolution" in capsys.readouterr().out
