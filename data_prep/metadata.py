@@ -1,0 +1,288 @@
+"""Readers for photo metadata: YFCC100M's TSV dump, its SQLite form, and CommonCatalog-style parquet.
+
+Every reader yields (row_number, PhotoRecord | MalformedRow) in file order, 1-based, starting after
+`start_row` rows (so an interrupted filter can resume without re-parsing what it already finished).
+A MalformedRow names the file and the row, so --strict can fail with one clear line.
+
+YFCC100M TSV: no header, 23 columns (photoid ... marker, the order in YFCC_COLUMNS); the 2016 release's
+25-column layout (line number and photo hash first) is accepted too. Text fields are URL-encoded with '+'
+for spaces in the dump; title, description and the author's nickname are decoded (url_decode=True).
+Files may be .bz2/.gz/.xz compressed (YFCC100M ships as bz2).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from data_prep.schema import FILTERED_METADATA_COLUMNS, FILTERED_METADATA_DIR
+
+YFCC_COLUMNS = (
+    "photoid", "uid", "unickname", "datetaken", "dateuploaded", "capturedevice", "title", "description",
+    "usertags", "machinetags", "longitude", "latitude", "accuracy", "pageurl", "downloadurl", "licensename",
+    "licenseurl", "serverid", "farmid", "secret", "secretoriginal", "ext", "marker",
+)
+YFCC_2016_EXTRA_LEADING = 2  # line number, photo hash
+YFCC_SQLITE_TABLE = "yfcc100m_dataset"
+
+# Our field -> accepted source column names (YFCC names first, then CommonCatalog / Flickr API spellings).
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "photo_id": ("photoid", "photo_id", "id"),
+    "author_id": ("uid", "author_id", "owner", "user_nsid"),
+    "author_name": ("unickname", "author_name", "ownername", "user_nickname"),
+    "title": ("title",),
+    "description": ("description",),
+    "page_url": ("pageurl", "page_url"),
+    "download_url": ("downloadurl", "download_url", "url"),
+    "license_name": ("licensename", "license_name", "license"),
+    "license_url": ("licenseurl", "license_url"),
+    "width": ("width", "original_width"),
+    "height": ("height", "original_height"),
+    "marker": ("marker",),
+}
+REQUIRED_FIELDS = ("photo_id", "download_url", "license_name", "license_url")
+_URL_ENCODED_FIELDS = ("title", "description", "author_name")
+
+
+class MetadataError(ValueError):
+    """A whole input cannot be read (missing file, table or required column)."""
+
+
+@dataclass
+class PhotoRecord:
+    photo_id: str
+    download_url: str
+    page_url: str
+    author_name: str
+    author_id: str
+    title: str
+    description: str
+    license_name: str
+    license_url: str
+    width: int | None = None
+    height: int | None = None
+    is_video: bool = False
+
+    def to_row(self, license: str) -> dict[str, Any]:
+        """The output row of filter_metadata (FILTERED_METADATA_COLUMNS)."""
+        row = {k: v for k, v in asdict(self).items() if k in FILTERED_METADATA_COLUMNS}
+        row["license"] = str(license)
+        return row
+
+
+@dataclass
+class MalformedRow:
+    path: str
+    row: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: row {self.row}: {self.reason}"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return str(value).strip()
+
+
+def _optional_int(value: Any, name: str) -> int | None:
+    text = _text(value)
+    if text in ("", "None", "nan", "null"):
+        return None
+    try:
+        number = int(float(text)) if "." in text else int(text)
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not an integer") from None
+    if number < 0:
+        raise ValueError(f"{name} {number} is negative")
+    return number
+
+
+def record_from_fields(fields: Mapping[str, Any], url_decode: bool) -> PhotoRecord:
+    """Build a PhotoRecord from our field names (see COLUMN_ALIASES). Raises ValueError if malformed."""
+    photo_id = _text(fields.get("photo_id"))
+    if photo_id.endswith(".0") and photo_id[:-2].isdigit():  # an integer id read back as float
+        photo_id = photo_id[:-2]
+    if not photo_id or any(c.isspace() for c in photo_id):
+        raise ValueError(f"bad photo id {photo_id!r}")
+    marker = _text(fields.get("marker"))
+    if marker not in ("", "0", "1", "True", "False"):
+        raise ValueError(f"marker {marker!r} is neither 0 (photo) nor 1 (video)")
+    values = {name: _text(fields.get(name)) for name in
+              ("download_url", "page_url", "author_name", "author_id", "title", "description", "license_name",
+               "license_url")}
+    if url_decode:
+        for name in _URL_ENCODED_FIELDS:
+            values[name] = urllib.parse.unquote_plus(values[name]).strip()
+    return PhotoRecord(photo_id=photo_id, **values, width=_optional_int(fields.get("width"), "width"),
+                       height=_optional_int(fields.get("height"), "height"), is_video=marker in ("1", "True"))
+
+
+# ---------------------------------------------------------------------------------------------- TSV
+def open_text(path: str):
+    """Open a text file, transparently decompressing .bz2/.gz/.xz."""
+    opener = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}.get(os.path.splitext(path)[1].lower(), open)
+    return opener(path, "rt", encoding="utf-8", errors="replace", newline="\n")
+
+
+def read_yfcc_tsv(path: str, start_row: int = 0,
+                  url_decode: bool = True) -> Iterator[tuple[int, PhotoRecord | MalformedRow]]:
+    if not os.path.isfile(path):
+        raise MetadataError(f"{path}: no such file")
+    with open_text(path) as f:
+        for row, line in enumerate(f, start=1):
+            if row <= start_row:
+                continue  # resuming: skip without parsing
+            cells = line.rstrip("\r\n").split("\t")
+            if len(cells) == len(YFCC_COLUMNS) + YFCC_2016_EXTRA_LEADING:
+                cells = cells[YFCC_2016_EXTRA_LEADING:]
+            if len(cells) != len(YFCC_COLUMNS):
+                yield row, MalformedRow(path, row, f"{len(cells)} tab-separated columns, expected "
+                                                   f"{len(YFCC_COLUMNS)} (YFCC100M order)")
+                continue
+            yield row, _parse(path, row, _by_alias(dict(zip(YFCC_COLUMNS, cells))), url_decode)
+
+
+def _by_alias(source: Mapping[str, Any]) -> dict[str, Any]:
+    """Source columns -> our field names (first alias present wins)."""
+    out = {}
+    for field, aliases in COLUMN_ALIASES.items():
+        for alias in aliases:
+            if alias in source:
+                out[field] = source[alias]
+                break
+    return out
+
+
+def _resolve_columns(path: str, available: list[str]) -> dict[str, str]:
+    """Our field -> the source column that holds it; MetadataError when a required one is missing."""
+    lower = {c.lower(): c for c in available}
+    chosen = {}
+    for field, aliases in COLUMN_ALIASES.items():
+        for alias in aliases:
+            if alias in lower:
+                chosen[field] = lower[alias]
+                break
+    missing = [f for f in REQUIRED_FIELDS if f not in chosen]
+    if missing:
+        raise MetadataError(f"{path}: no column for {missing} (accepted names: "
+                            f"{ {f: COLUMN_ALIASES[f] for f in missing} }); columns are {available}")
+    return chosen
+
+
+def _parse(path: str, row: int, fields: Mapping[str, Any], url_decode: bool) -> PhotoRecord | MalformedRow:
+    try:
+        return record_from_fields(fields, url_decode)
+    except ValueError as e:
+        return MalformedRow(path, row, str(e))
+
+
+# ---------------------------------------------------------------------------------------------- SQLite
+def read_yfcc_sqlite(path: str, start_row: int = 0, url_decode: bool = True,
+                     table: str = YFCC_SQLITE_TABLE) -> Iterator[tuple[int, PhotoRecord | MalformedRow]]:
+    if not os.path.isfile(path):
+        raise MetadataError(f"{path}: no such file")
+    con = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True)
+    try:
+        names = [r[1] for r in con.execute(f"PRAGMA table_info({_quote_ident(table)})")]
+        if not names:
+            raise MetadataError(f"{path}: no table {table!r}")
+        chosen = _resolve_columns(path, names)
+        select = ", ".join(_quote_ident(c) for c in chosen.values())
+        cursor = con.execute(f"SELECT {select} FROM {_quote_ident(table)} ORDER BY rowid LIMIT -1 OFFSET ?",
+                             (start_row,))
+        for row, values in enumerate(cursor, start=start_row + 1):
+            yield row, _parse(path, row, dict(zip(chosen, values)), url_decode)
+    except sqlite3.DatabaseError as e:
+        raise MetadataError(f"{path}: {e}") from e
+    finally:
+        con.close()
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# ---------------------------------------------------------------------------------------------- parquet
+def read_parquet(path: str, start_row: int = 0, url_decode: bool = False,
+                 batch_size: int = 65536) -> Iterator[tuple[int, PhotoRecord | MalformedRow]]:
+    """CommonCatalog-style parquet (column names as in COLUMN_ALIASES). Text is taken as already decoded."""
+    import pyarrow.parquet as pq
+
+    if not os.path.isfile(path):
+        raise MetadataError(f"{path}: no such file")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise MetadataError(f"{path}: not a parquet file ({e})") from e
+    chosen = _resolve_columns(path, pf.schema_arrow.names)
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_size, columns=list(dict.fromkeys(chosen.values()))):
+        if row + batch.num_rows <= start_row:
+            row += batch.num_rows
+            continue
+        columns = {field: batch.column(source).to_pylist() for field, source in chosen.items()}
+        for i in range(batch.num_rows):
+            row += 1
+            if row > start_row:
+                yield row, _parse(path, row, {f: v[i] for f, v in columns.items()}, url_decode)
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+FORMATS = ("tsv", "sqlite", "parquet")
+
+
+def detect_format(path: str) -> str:
+    name = path.lower()
+    for ext in (".bz2", ".gz", ".xz"):
+        name = name.removesuffix(ext)
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".sqlite", ".sqlite3", ".db")):
+        return "sqlite"
+    return "tsv"  # YFCC100M's dump has no extension ("yfcc100m_dataset")
+
+
+def read_metadata(path: str, fmt: str = "auto", start_row: int = 0, url_decode: bool | None = None,
+                  sqlite_table: str = YFCC_SQLITE_TABLE) -> Iterator[tuple[int, PhotoRecord | MalformedRow]]:
+    """Dispatch on format ("auto" guesses from the extension). url_decode defaults to True for YFCC's
+    TSV and SQLite, False for parquet."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "tsv":
+        return read_yfcc_tsv(path, start_row, True if url_decode is None else url_decode)
+    if fmt == "sqlite":
+        return read_yfcc_sqlite(path, start_row, True if url_decode is None else url_decode, sqlite_table)
+    if fmt == "parquet":
+        return read_parquet(path, start_row, bool(url_decode))
+    raise ValueError(f"unknown metadata format {fmt!r}: expected auto or one of {FORMATS}")
+
+
+# ---------------------------------------------------------------------------------------------- output
+def filtered_files(path: str) -> list[str]:
+    """Parquet files of a filter_metadata output: its folder, its photos/ folder, or one file."""
+    if os.path.isfile(path):
+        return [path]
+    folder = os.path.join(path, FILTERED_METADATA_DIR)
+    folder = folder if os.path.isdir(folder) else path
+    if not os.path.isdir(folder):
+        raise MetadataError(f"{path}: no filtered metadata here")
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
+
+
+def iter_filtered(path: str) -> Iterator[dict[str, Any]]:
+    """Rows (dicts with FILTERED_METADATA_COLUMNS) of a filter_metadata output, in order."""
+    import pyarrow.parquet as pq
+
+    for file in filtered_files(path):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=65536):
+            yield from batch.to_pylist()

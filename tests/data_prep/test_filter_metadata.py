@@ -1,0 +1,154 @@
+import bz2
+import json
+
+import pytest
+from yfcc_fixtures import EXPECTED_C, sample_rows, write_parquet, write_sqlite, write_tsv, yfcc_row
+
+from data_prep import filter_metadata
+from data_prep.filter_metadata import run_filter
+from data_prep.metadata import MalformedRow, PhotoRecord, iter_filtered, read_metadata
+
+MALFORMED = ["1\t2\t3", "\t" * 22, "\t".join(yfcc_row(50, marker="7"))]  # short row, empty id, bad marker
+
+
+def _kept(out):
+    return [row["photo_id"] for row in iter_filtered(str(out))]
+
+
+def test_tsv_reader_decodes_and_reports_rows(tmp_path):
+    path = tmp_path / "yfcc.tsv"
+    write_tsv(path, sample_rows()[:2], MALFORMED)
+    items = list(read_metadata(str(path)))
+    assert [row for row, _ in items] == [1, 2, 3, 4, 5]
+    first = items[0][1]
+    assert isinstance(first, PhotoRecord)
+    assert first.title == "Sunset over the bay & hills" and first.author_name == "Jane Doe"
+    assert first.page_url == "http://www.flickr.com/photos/12345678@N00/1/" and first.author_id == "12345678@N00"
+    assert items[1][1].author_name == "Ünïcode Person"
+    bad = [item for _, item in items[2:]]
+    assert all(isinstance(b, MalformedRow) for b in bad)
+    assert "3 tab-separated columns" in str(bad[0]) and "row 3" in str(bad[0]) and str(path) in str(bad[0])
+    assert "bad photo id" in bad[1].reason and "marker '7'" in bad[2].reason
+    assert [row for row, _ in read_metadata(str(path), start_row=3)] == [4, 5]
+
+
+def test_filter_tsv_counts_every_reason(tmp_path):
+    path = tmp_path / "yfcc.tsv"
+    write_tsv(path, sample_rows(), MALFORMED)
+    counts = run_filter([str(path)], str(tmp_path / "out"), "C", progress=False)
+    assert sorted(_kept(tmp_path / "out"), key=int) == ["1", "2", "12", "14"]
+    assert counts["dropped"] == {**EXPECTED_C["dropped"], "malformed": 3}
+    assert counts["kept"] == 4 and counts["rows_read"] == 18
+    assert counts["kept_per_license"] == {"CC-BY": 1, "CC-BY-SA": 3}
+    assert counts["dropped_per_license"]["CC-BY-NC-ND"] == 1 and counts["dropped_per_license"]["unparsed"] == 3
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["stage"] == "filter_metadata" and manifest["counts"]["dropped"] == counts["dropped"]
+    assert manifest["flags"]["split"] == "C"
+    row = next(r for r in iter_filtered(str(tmp_path / "out")) if r["photo_id"] == "14")
+    assert row == {"photo_id": "14", "download_url": "http://farm1.staticflickr.com/1/14_abcdef0123.jpg",
+                   "page_url": "http://www.flickr.com/photos/12345678@N00/14/", "author_name": "Jane Doe",
+                   "author_id": "12345678@N00", "title": "A title", "description": "Some words",
+                   "license": "CC-BY-SA", "license_name": "Attribution-ShareAlike License",
+                   "license_url": "http://creativecommons.org/licenses/by-sa/2.0/deed.de", "width": None,
+                   "height": None}
+
+
+def test_nc_split_and_public_domain_flag(tmp_path):
+    path = tmp_path / "yfcc.tsv"
+    rows = sample_rows() + [yfcc_row(20, license_name="Public Domain Dedication (CC0)",
+                                     license_url="https://creativecommons.org/publicdomain/zero/1.0/")]
+    write_tsv(path, rows)
+    counts = run_filter([str(path)], str(tmp_path / "nc"), "NC", progress=False)
+    assert sorted(_kept(tmp_path / "nc"), key=int) == ["1", "2", "3", "4", "12", "14"]
+    assert counts["dropped_per_license"]["CC0"] == 1
+    run_filter([str(path)], str(tmp_path / "pd"), "C", include_public_domain=True, progress=False)
+    assert "20" in _kept(tmp_path / "pd")
+
+
+def test_sqlite_and_bz2_and_2016_layout_give_the_same_rows(tmp_path):
+    rows = sample_rows()
+    write_tsv(tmp_path / "a.tsv", rows)
+    run_filter([str(tmp_path / "a.tsv")], str(tmp_path / "out_tsv"), "C", progress=False)
+    write_sqlite(tmp_path / "y.sqlite", rows)
+    run_filter([str(tmp_path / "y.sqlite")], str(tmp_path / "out_sql"), "C", progress=False)
+    with bz2.open(tmp_path / "yfcc100m_dataset.bz2", "wt", encoding="utf-8") as f:  # 25 columns: line no, hash
+        for i, row in enumerate(rows):
+            f.write("\t".join([str(i), "deadbeef", *row]) + "\n")
+    run_filter([str(tmp_path / "yfcc100m_dataset.bz2")], str(tmp_path / "out_bz2"), "C", progress=False)
+    expected = list(iter_filtered(str(tmp_path / "out_tsv")))
+    assert len(expected) == 4
+    assert list(iter_filtered(str(tmp_path / "out_sql"))) == expected
+    assert list(iter_filtered(str(tmp_path / "out_bz2"))) == expected
+
+
+def test_parquet_with_sizes_and_min_size(tmp_path):
+    rows = sample_rows()[:3]
+    write_parquet(tmp_path / "cc.parquet", rows, sizes=[(640, 480), (100, 900), (800, 800)])
+    counts = run_filter([str(tmp_path / "cc.parquet")], str(tmp_path / "out"), "NC", min_width=256, min_height=256,
+                        progress=False)
+    kept = list(iter_filtered(str(tmp_path / "out")))
+    assert [(r["photo_id"], r["width"], r["height"]) for r in kept] == [("1", 640, 480), ("3", 800, 800)]
+    assert counts["dropped"] == {"too_small": 1}
+    assert kept[0]["title"] == "Sunset over the bay & hills"  # parquet text is not decoded twice
+
+
+def test_optout_list_in_filter(tmp_path):
+    write_tsv(tmp_path / "y.tsv", sample_rows())
+    (tmp_path / "optout.txt").write_text("# requests\n99999999@N01\nhttps://www.flickr.com/photos/x/14/\n")
+    counts = run_filter([str(tmp_path / "y.tsv")], str(tmp_path / "out"), "C",
+                        optout_path=str(tmp_path / "optout.txt"), progress=False)
+    assert sorted(_kept(tmp_path / "out"), key=int) == ["1", "2"]
+    assert counts["dropped"]["opted_out"] == 2
+
+
+def test_resume_after_a_crash_gives_the_same_output(tmp_path, monkeypatch):
+    rows = [yfcc_row(i, "by" if i % 3 else "by-nc") for i in range(1, 40)] + [yfcc_row(5)]  # one duplicate
+    write_tsv(tmp_path / "y.tsv", rows, MALFORMED[:1])
+    clean = run_filter([str(tmp_path / "y.tsv")], str(tmp_path / "clean"), "C", chunk_rows=7, progress=False)
+
+    real_write, calls = filter_metadata._write_part, []
+
+    def crash_on_third(*args):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        real_write(*args)
+
+    monkeypatch.setattr(filter_metadata, "_write_part", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter([str(tmp_path / "y.tsv")], str(tmp_path / "out"), "C", chunk_rows=7, progress=False)
+    monkeypatch.setattr(filter_metadata, "_write_part", real_write)
+    resumed = run_filter([str(tmp_path / "y.tsv")], str(tmp_path / "out"), "C", chunk_rows=7, progress=False)
+    assert resumed == clean
+    assert resumed["dropped"]["duplicate"] == 1 and resumed["dropped"]["malformed"] == 1
+    assert list(iter_filtered(str(tmp_path / "out"))) == list(iter_filtered(str(tmp_path / "clean")))
+    with pytest.raises(ValueError, match="other inputs or flags"):
+        run_filter([str(tmp_path / "y.tsv")], str(tmp_path / "out"), "NC", chunk_rows=7, progress=False)
+    again = run_filter([str(tmp_path / "y.tsv")], str(tmp_path / "out"), "NC", chunk_rows=7, overwrite=True,
+                       progress=False)
+    assert again["kept"] > clean["kept"]
+
+
+def test_cli_strict_names_file_and_row(tmp_path, capsys):
+    write_tsv(tmp_path / "y.tsv", sample_rows()[:2], MALFORMED[2:])
+    rc = filter_metadata.main([str(tmp_path / "y.tsv"), "--out", str(tmp_path / "o"), "--split", "C", "--strict"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"{tmp_path / 'y.tsv'}: row 3: marker '7'" in err
+    rc = filter_metadata.main([str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "o2"), "--split", "C"])
+    assert rc == 2 and "missing.tsv: no such file" in capsys.readouterr().err
+    rc = filter_metadata.main([str(tmp_path / "y.tsv"), "--out", str(tmp_path / "o3"), "--split", "c"])
+    assert rc == 0 and "kept 2 of 3 rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        filter_metadata.main(["--help"])
+    assert e.value.code == 0 and "--split" in capsys.readouterr().out
+
+
+def test_parquet_without_required_column_is_one_clear_error(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"photoid": [1], "title": ["x"]}), tmp_path / "bad.parquet")
+    rc = filter_metadata.main([str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o"), "--split", "C"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.parquet: no column for ['download_url', 'license_name', 'license_url']" in err

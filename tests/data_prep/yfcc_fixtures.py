@@ -1,0 +1,92 @@
+"""Tiny YFCC100M-shaped metadata for the data_prep tests, written as TSV, SQLite and parquet."""
+
+import sqlite3
+import urllib.parse
+
+from data_prep.metadata import YFCC_COLUMNS
+
+CC = "http://creativecommons.org/licenses/{}/2.0/"
+NAMES = {
+    "by": "Attribution License", "by-sa": "Attribution-ShareAlike License", "by-nc": "Attribution-NonCommercial License",
+    "by-nc-sa": "Attribution-NonCommercial-ShareAlike License", "by-nd": "Attribution-NoDerivs License",
+    "by-nc-nd": "Attribution-NonCommercial-NoDerivs License",
+}
+
+
+def yfcc_row(photo_id, code="by", marker="0", title="A title", uid="12345678@N00", nickname="Jane Doe",
+             download=True, page=True, license_name=None, license_url=None, description="Some words"):
+    """One 23-column YFCC row as the dump writes it (text fields URL-encoded, '+' for spaces)."""
+    row = dict.fromkeys(YFCC_COLUMNS, "")
+    row.update(
+        photoid=str(photo_id), uid=uid, unickname=urllib.parse.quote_plus(nickname),
+        datetaken="2010-01-01 00:00:00.0", dateuploaded="1262304000", title=urllib.parse.quote_plus(title),
+        description=urllib.parse.quote_plus(description),
+        pageurl=f"http://www.flickr.com/photos/{uid}/{photo_id}/" if page else "",
+        downloadurl=f"http://farm1.staticflickr.com/1/{photo_id}_abcdef0123.jpg" if download else "",
+        licensename=NAMES.get(code, "") if license_name is None else license_name,
+        licenseurl=CC.format(code) if license_url is None else license_url,
+        serverid="1", farmid="1", secret="abcdef0123", secretoriginal="0123abcdef", ext="jpg", marker=marker)
+    return [row[c] for c in YFCC_COLUMNS]
+
+
+def sample_rows():
+    """(rows, expected) for split C: 23-column rows incl. every drop reason once or more."""
+    rows = [
+        yfcc_row(1, "by", title="Sunset over the bay & hills"),
+        yfcc_row(2, "by-sa", nickname="Ünïcode Person"),
+        yfcc_row(3, "by-nc"),
+        yfcc_row(4, "by-nc-sa"),
+        yfcc_row(5, "by-nd"),
+        yfcc_row(6, "by-nc-nd"),
+        yfcc_row(7, "by", marker="1"),  # video
+        yfcc_row(8, "by", license_name="All Rights Reserved", license_url=""),
+        yfcc_row(9, "by", license_name="", license_url=""),  # license missing
+        yfcc_row(10, "by", license_name="Attribution-NonCommercial License"),  # URL and name disagree
+        yfcc_row(11, "by", download=False),
+        yfcc_row(1, "by"),  # duplicate of photo 1
+        yfcc_row(12, "by-sa", uid="99999999@N01", nickname="Opted Out Author"),
+        yfcc_row(13, "by", page=False),
+        yfcc_row(14, "by-sa", license_url="http://creativecommons.org/licenses/by-sa/2.0/deed.de"),
+    ]
+    return rows
+
+
+EXPECTED_C = {
+    "kept_ids": ["1", "2", "14"],  # 12 only when there is no opt-out list
+    "dropped": {"license_not_in_split": 5, "video": 1, "license_missing": 1, "license_conflict": 1,
+                "no_download_url": 1, "duplicate": 1, "no_page_url": 1},
+}
+
+
+def write_tsv(path, rows, malformed_lines=()):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write("\t".join(row) + "\n")
+        for line in malformed_lines:
+            f.write(line + "\n")
+
+
+def write_sqlite(path, rows, table="yfcc100m_dataset"):
+    con = sqlite3.connect(path)
+    con.execute(f"CREATE TABLE {table} ({', '.join(c + ' TEXT' for c in YFCC_COLUMNS)})")
+    con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(YFCC_COLUMNS))})", rows)
+    con.commit()
+    con.close()
+
+
+def write_parquet(path, rows, sizes=None):
+    """CommonCatalog-style: YFCC column names, decoded text, plus width/height."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = []
+    for i, row in enumerate(rows):
+        rec = dict(zip(YFCC_COLUMNS, row))
+        for name in ("title", "description", "unickname"):
+            rec[name] = urllib.parse.unquote_plus(rec[name])
+        rec["photoid"] = int(rec["photoid"])
+        rec["marker"] = int(rec["marker"])
+        w, h = (sizes[i] if sizes else (None, None))
+        rec["width"], rec["height"] = w, h
+        records.append(rec)
+    pq.write_table(pa.Table.from_pylist(records), path)
