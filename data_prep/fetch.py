@@ -3,8 +3,9 @@
     python -m data_prep.fetch METADATA OUT_DIR [--max-side 1024 --workers 16 --timeout 10 --retries 3
                                                 --max-bytes 50000000 --bucket-by-resolution]
 
-METADATA is the file data_prep.filter_metadata writes (parquet, or JSON lines), one row per photo with
-``photo_id``, ``download_url`` and the attribution columns of ``schema.FETCH_COLUMNS``. Each row ends
+METADATA is the folder data_prep.filter_metadata writes (photos/*.parquet + manifest.json, which this
+stage's manifest embeds), a parquet file, or JSON lines: one row per photo with ``photo_id``,
+``download_url``, ``license`` and the attribution columns of ``schema.FETCH_COLUMNS``. Each row ends
 up either as a sample (schema.FETCH_COLUMNS: the image plus its attribution, original size and the
 sha256 of the downloaded bytes; the image re-encoded as JPEG at --jpeg-quality, which also strips
 the source's EXIF) or as a skip with a reason (``http_404``, ``timeout``, ``too_large``,
@@ -39,7 +40,7 @@ from tqdm import tqdm
 from data_prep import shards
 from data_prep.download import DownloadConfig, Downloader, map_unordered
 from data_prep.images import DEFAULT_MAX_PIXELS, ImageConfig, ImageSkip, configure_pillow, encode_jpeg, process_image
-from data_prep.schema import ATTRIBUTION_COLUMNS, FETCH_COLUMNS, IMAGE
+from data_prep.schema import ATTRIBUTION_COLUMNS, FETCH_COLUMNS, FILTERED_METADATA_DIR, IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -72,41 +73,71 @@ def _row_of(raw: dict) -> dict:
 
 
 def read_metadata(path: str, rank: int = 0, world: int = 1) -> list[dict]:
-    """This rank's share of the metadata rows (text columns of METADATA_COLUMNS), checked for a
-    complete set of columns and unique, non-empty photo ids across the WHOLE file."""
+    """This rank's share of the metadata rows (text columns of METADATA_COLUMNS), checked for the
+    required columns and for unique, non-empty photo ids across the WHOLE input.
+
+    ``path``: a filter_metadata output folder (its photos/*.parquet), a folder of parquet files, one
+    .parquet file, or a .jsonl file (one JSON object per line, for hand-made or local datasets)."""
+    if os.path.isdir(path):
+        folder = os.path.join(path, FILTERED_METADATA_DIR)
+        folder = folder if os.path.isdir(folder) else path
+        files = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
+        if not files:
+            raise MetadataError(f"{path}: no .parquet files (expected a filter_metadata output folder)")
+        return _read_parquet(files, rank, world)
     if not os.path.isfile(path):
-        raise MetadataError(f"{path}: no such file")
+        raise MetadataError(f"{path}: no such file or folder")
     if path.endswith(".parquet"):
-        return _read_parquet(path, rank, world)
+        return _read_parquet([path], rank, world)
     if path.endswith((".jsonl", ".json", ".ndjson")):
         return _read_jsonl(path, rank, world)
-    raise MetadataError(f"{path}: unknown metadata format (expected .parquet or .jsonl)")
+    raise MetadataError(f"{path}: unknown metadata format (expected .parquet, .jsonl or a folder of parquet)")
 
 
-def _check_ids(path: str, ids: list[str]) -> None:
-    first_row: dict[str, int] = {}
-    for row, key in enumerate(ids):
-        if not key:
-            raise MetadataError(f"{path} row {row}: empty {KEY}")
-        if key in first_row:
-            raise MetadataError(f"{path} row {row}: {KEY} {key!r} repeats row {first_row[key]}")
-        first_row[key] = row
+def _check_ids(sources: list[tuple[str, list[str]]]) -> None:
+    """Raise naming the file and row of the first empty or repeated photo id."""
+    first: dict[str, str] = {}
+    for path, ids in sources:
+        for row, key in enumerate(ids):
+            if not key:
+                raise MetadataError(f"{path} row {row}: empty {KEY}")
+            if key in first:
+                raise MetadataError(f"{path} row {row}: {KEY} {key!r} repeats {first[key]}")
+            first[key] = f"row {row}" if len(sources) == 1 else f"{path} row {row}"
 
 
-def _read_parquet(path: str, rank: int, world: int) -> list[dict]:
+def _read_parquet(files: list[str], rank: int, world: int) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    try:
-        schema_names = pq.read_schema(path).names
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise MetadataError(f"{path}: not a readable parquet file ({exc})") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in schema_names]
-    if missing:
-        raise MetadataError(f"{path}: missing columns {missing} (has {schema_names})")
-    table = pq.read_table(path, columns=[c for c in METADATA_COLUMNS if c in schema_names])
-    _check_ids(path, [_text(v) for v in table.column(KEY).to_pylist()])
-    share = shards.shard_for_rank(range(table.num_rows), rank, world)
-    return [_row_of(raw) for raw in table.slice(share.start, len(share)).to_pylist()]
+    columns, ids, sizes = [], [], []
+    for path in files:
+        try:
+            names = pq.read_schema(path).names
+            missing = [c for c in REQUIRED_COLUMNS if c not in names]
+            if missing:
+                raise MetadataError(f"{path}: missing columns {missing} (has {names})")
+            columns.append([c for c in METADATA_COLUMNS if c in names])
+            ids.append(pc.cast(pq.read_table(path, columns=[KEY]).column(KEY), pa.string()))
+        except (OSError, pa.ArrowException) as exc:
+            raise MetadataError(f"{path}: not a readable parquet file ({exc})") from exc
+        sizes.append(len(ids[-1]))
+    # The id check runs in Arrow (a few hundred MB for YFCC's 25M rows); Python only to name the culprit.
+    all_ids = pa.chunked_array([c for col in ids for c in col.chunks], pa.string())
+    if (all_ids.null_count or pc.any(pc.equal(all_ids, "")).as_py()
+            or pc.count_distinct(all_ids).as_py() != len(all_ids)):
+        _check_ids([(path, [_text(v) for v in col.to_pylist()]) for path, col in zip(files, ids)])
+
+    share = shards.shard_for_rank(range(sum(sizes)), rank, world)
+    rows, offset = [], 0
+    for path, cols, size in zip(files, columns, sizes):
+        lo, hi = max(share.start, offset), min(share.stop, offset + size)
+        if lo < hi:
+            table = pq.read_table(path, columns=cols).slice(lo - offset, hi - lo)
+            rows.extend(_row_of(raw) for raw in table.to_pylist())
+        offset += size
+    return rows
 
 
 def _read_jsonl(path: str, rank: int, world: int) -> list[dict]:
@@ -125,7 +156,7 @@ def _read_jsonl(path: str, rank: int, world: int) -> list[dict]:
             if missing:
                 raise MetadataError(f"{path} line {line_no}: missing columns {missing}")
             rows.append(_row_of(raw))
-    _check_ids(path, [r[KEY] for r in rows])
+    _check_ids([(path, [r[KEY] for r in rows])])
     return shards.shard_for_rank(rows, rank, world)
 
 
@@ -385,7 +416,7 @@ def _edges(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_prep.fetch", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("metadata", help="filtered metadata (.parquet or .jsonl) from data_prep.filter_metadata")
+    p.add_argument("metadata", help="data_prep.filter_metadata output folder, a .parquet file or a .jsonl file")
     p.add_argument("out_dir", help="output folder (created; re-running continues where it stopped)")
     p.add_argument("--max-side", type=int, default=1024, help="shrink so the SHORT side is at most this; 0 keeps size")
     p.add_argument("--min-side", type=int, default=0, help="drop images whose original short side is smaller")

@@ -13,7 +13,7 @@ from streaming import StreamingDataset
 from data_prep import shards
 from data_prep.fetch import FetchConfig, bucket_name, main, read_metadata, run_fetch
 from data_prep.images import ImageConfig, encode_jpeg, process_image
-from data_prep.schema import FETCH_COLUMNS, MANIFEST_FILE
+from data_prep.schema import FETCH_COLUMNS, FILTERED_METADATA_DIR, MANIFEST_FILE
 
 ATTRIBUTION_TEXT = ["photo_id", "title", "description", "author_name", "author_id", "page_url", "download_url",
                     "license", "license_name", "license_url"]
@@ -142,12 +142,22 @@ def test_every_reason_is_counted_and_good_images_keep_their_attribution(site, tm
     assert sum(server.hits.values()) == before and again == counts
 
 
-def test_buckets_by_resolution_from_parquet(site, tmp_path):
+def write_filter_output(folder, rows, files=2):
+    """What data_prep.filter_metadata leaves: photos/*.parquet (schema.FILTERED_METADATA_COLUMNS) + manifest."""
+    (folder / FILTERED_METADATA_DIR).mkdir(parents=True)
+    full = [{**r, "width": 0, "height": 0} for r in rows]
+    for i in range(files):
+        chunk = full[i * len(full) // files:(i + 1) * len(full) // files]
+        pq.write_table(pa.Table.from_pylist(chunk), folder / FILTERED_METADATA_DIR / f"part-000-{i:06d}.parquet")
+    (folder / MANIFEST_FILE).write_text(json.dumps({"stage": "filter_metadata", "counts": {"kept": len(rows)}}))
+    return str(folder)
+
+
+def test_buckets_by_resolution_from_filter_metadata_output(site, tmp_path):
     server, rows, _ = site
-    metadata = tmp_path / "meta.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), metadata)
+    metadata = write_filter_output(tmp_path / "filtered", rows)
     out = tmp_path / "out"
-    run_fetch(str(metadata), str(out), FetchConfig(**{**FAST, "bucket_edges": (256, 512)}), rank=0, world=1)
+    run_fetch(metadata, str(out), FetchConfig(**{**FAST, "bucket_edges": (256, 512)}), rank=0, world=1)
 
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     # Original short sides: large 600, small 150, tall 300, flaky 320, moved 480.
@@ -156,6 +166,7 @@ def test_buckets_by_resolution_from_parquet(site, tmp_path):
     assert set(read_back(out / "short_256_512")) == {"tall", "flaky", "moved"}
     assert set(read_back(out / "short_512_up")) == {"large"}
     assert set(read_back(out / "short_0_256")) == {"small"}
+    assert manifest["input_manifests"][metadata]["stage"] == "filter_metadata"  # provenance chains on
     assert bucket_name(255, (256, 512)) == "short_0_256" and bucket_name(512, (256, 512)) == "short_512_up"
 
 
@@ -183,6 +194,13 @@ def test_read_metadata_rejects_bad_input_naming_the_row(tmp_path):
     with pytest.raises(ValueError, match=r"missing.jsonl line 2: missing columns \['download_url', 'license'\]"):
         read_metadata(missing)
     assert [r["photo_id"] for r in read_metadata(write_jsonl(tmp_path / "m.jsonl", [ok, row("b", "x")]), 1, 2)] == ["b"]
+    # Across the parquet files of a filter output: the error names the file and its row.
+    folder = write_filter_output(tmp_path / "filtered", [row("a", "u"), row("b", "u"), row("c", "u"), row("b", "u")])
+    with pytest.raises(ValueError, match=r"part-000-000001.parquet row 1: photo_id 'b' repeats .*000000.parquet row 1"):
+        read_metadata(folder)
+    fine = write_filter_output(tmp_path / "fine", [row(str(i), "u") for i in range(7)], files=3)
+    shares = [[r["photo_id"] for r in read_metadata(fine, rank, 3)] for rank in range(3)]
+    assert shares == [["0", "1"], ["2", "3"], ["4", "5", "6"]]
 
 
 def test_cli_exits_with_one_line_on_bad_input(tmp_path, capsys):
