@@ -59,14 +59,16 @@ class OptOutList:
     urls: set[str] = field(default_factory=set)  # normalize_url forms
     source: str = ""
     sha256: str = ""
+    entries: int = 0  # entries read from the list (a URL can also yield a photo or author id)
 
     def __len__(self) -> int:
-        return len(self.photo_ids) + len(self.author_ids) + len(self.urls)
+        return self.entries
 
     def add(self, kind: str, value: str) -> None:
         value = value.strip()
         if not value:
             return
+        self.entries += 1
         if kind == "photo":
             self.photo_ids.add(value)
         elif kind == "author":

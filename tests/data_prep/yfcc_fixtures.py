@@ -90,3 +90,32 @@ def write_parquet(path, rows, sizes=None):
         rec["width"], rec["height"] = w, h
         records.append(rec)
     pq.write_table(pa.Table.from_pylist(records), path)
+
+
+def write_fetch_shards(out, n, compression=None):
+    """A merged MDS folder shaped like the fetch stage's output (schema.FETCH_COLUMNS), tiny JPEGs."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.schema import FETCH_COLUMNS
+    from data_prep.shards import ResumableMDSWriter, merge_ranks
+
+    licenses = ["CC-BY", "CC-BY-SA"]
+    rng = np.random.default_rng(0)
+    with ResumableMDSWriter(str(out), FETCH_COLUMNS, part_size=4, compression=compression) as w:
+        for i in range(1, n + 1):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            uid = f"{1000 + i % 3}@N00"
+            w.write(str(i), {
+                "image": Image.open(io.BytesIO(buf.getvalue())), "title": f"Photo | {i} *bold* [x]",
+                "description": "line one\nline\ttwo", "author_name": f"Author {i % 3}", "author_id": uid,
+                "page_url": f"http://www.flickr.com/photos/{uid}/{i}/",
+                "download_url": f"http://farm1.staticflickr.com/1/{i}_abcdef0123.jpg",
+                "license": licenses[i % 2], "license_name": ["Attribution License", "Attribution-ShareAlike License"][i % 2],
+                "license_url": ["http://creativecommons.org/licenses/by/2.0/",
+                                "http://creativecommons.org/licenses/by-sa/2.0/"][i % 2],
+                "orig_width": 8, "orig_height": 8, "sha256": "0" * 64})
+    merge_ranks(str(out))
