@@ -200,7 +200,7 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
     merge_ranks(shards_out)
     for name in os.listdir(shards_in):  # sidecar files (e.g. empty_caption_latents.npy) travel with the shards
         src = os.path.join(shards_in, name)
-        if os.path.isfile(src) and name not in ("index.json", MANIFEST_FILE):
+        if os.path.isfile(src) and not name.startswith(".") and name not in ("index.json", MANIFEST_FILE):
             shutil.copy2(src, os.path.join(shards_out, name))
     counts = part_counts(shards_out)
     removed = [{"key": e["key"], "reason": e["reason"]} for e in iter_ledger(shards_out) if e["status"] == "skipped"]

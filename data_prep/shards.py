@@ -1,7 +1,7 @@
 """Resumable, rank-sharded MDS writing and reading shared by every data_prep stage.
 
 API STATUS: committed and stable (issue 4, part 1). Other stages code against exactly these names:
-    get_rank_world, shard_for_rank, barrier, ResumableMDSWriter, merge_ranks, part_counts, iter_ledger,
+    get_rank_world, shard_for_rank, barrier, ResumableMDSWriter (+ is_done), merge_ranks, part_counts, iter_ledger,
     write_manifest, read_columns, count_samples, iter_mds, Encoded.
 Copying a column unchanged (e.g. the JPEG bytes; streaming would re-compress a decoded JPEG at quality 75):
     for key, sample in iter_mds(src, raw=True): writer.write(key, sample)   # values are Encoded(bytes)
@@ -16,6 +16,7 @@ How (on-disk layout of a stage's out_dir):
                                      complete, deleted by rank 1's next run if it was interrupted
     out_dir/index.json               written by merge_ranks() over every finished part of every rank
     out_dir/manifest.json            written by write_manifest()
+Memory: every rank holds the set of all finished keys (about 70 bytes a key: ~2 GB for 25M photos).
 A part is all-or-nothing: its samples and ledger appear together by one os.rename. A re-run reads the
 ledgers of every finished part (of every rank, so a re-run with another world size is also safe) and
 skips those keys. Parts sit one level below out_dir because streaming's merge_index names shards
@@ -36,6 +37,7 @@ Typical stage:
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -236,6 +238,14 @@ class ResumableMDSWriter:
         self.size_limit = size_limit
         self.key_column = key_column
         os.makedirs(out_dir, exist_ok=True)
+        # Two processes claiming one rank would delete each other's temp parts; the kernel drops the lock
+        # when a process dies, even by SIGKILL, so a re-run never finds a stale one.
+        self._lock = open(os.path.join(out_dir, f".lock_r{rank:04d}"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RuntimeError(f"another process is writing rank {rank} of {out_dir}") from None
         self._remove_own_unfinished_parts()
 
         self._done: set[str] = set()
@@ -275,8 +285,12 @@ class ResumableMDSWriter:
                                  f"use a new out_dir")
 
     def done_keys(self) -> set[str]:
-        """Keys written or skipped in finished parts (any rank) and in this writer's current part."""
+        """Keys written or skipped in finished parts (any rank) and in this writer's current part.
+        A snapshot copy: take it once before the loop (or use is_done for a live O(1) check)."""
         return self._done | self._current_keys
+
+    def is_done(self, key: Any) -> bool:
+        return str(key) in self._done or str(key) in self._current_keys
 
     # -- writing
     def _open_part(self) -> None:
@@ -289,6 +303,8 @@ class ResumableMDSWriter:
         self._current_keys = set()
 
     def _claim(self, key: Any) -> str:
+        if self._lock.closed:
+            raise RuntimeError("this ResumableMDSWriter is closed; open a new one to continue")
         key = str(key)
         if key in self._done or key in self._current_keys:
             raise ValueError(f"key {key!r} was already written or skipped in {self.out_dir}; "
@@ -358,13 +374,16 @@ class ResumableMDSWriter:
         return json.loads(json.dumps(self._counts))  # a deep copy
 
     def close(self) -> None:
-        """Finish the current part (if it holds anything)."""
+        """Finish the current part (if it holds anything) and release this rank's lock."""
         if self._mds is not None and self._ledger:
             self._finish_part()
         elif self._mds is not None:  # opened, but its only write failed: nothing to publish
             self._mds.finish()
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._mds = self._tmp_dir = None
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
     def __enter__(self) -> ResumableMDSWriter:
         return self

@@ -113,8 +113,12 @@ def test_rerun_discards_interrupted_part_and_keeps_finished(tmp_path):
     w = ResumableMDSWriter(str(out), COLUMNS, part_size=3)
     for i in range(5):  # part 0 finished (3 keys), part 1 in progress (2 keys)
         w.write(i, {"value": i, "license": "CC-BY"})
-    # Simulate a kill: the writer is abandoned without close(); its temp part stays on disk.
+    # Simulate a kill: the writer is abandoned without close(); its temp part stays on disk, and the
+    # kernel releases its lock as the process dies.
     assert any(n.startswith("_tmp_") for n in os.listdir(out))
+    with pytest.raises(RuntimeError, match="another process is writing rank 0"):
+        ResumableMDSWriter(str(out), COLUMNS, part_size=3)
+    w._lock.close()
     w2 = ResumableMDSWriter(str(out), COLUMNS, part_size=3)
     assert not any(n.startswith("_tmp_") for n in os.listdir(out))
     assert w2.done_keys() == {"0", "1", "2"}
@@ -123,6 +127,8 @@ def test_rerun_discards_interrupted_part_and_keeps_finished(tmp_path):
             w2.write(i, {"value": i, "license": "CC-BY"})
     assert merge_ranks(str(out)) == 6
     assert sorted(k for k, _ in iter_mds(str(out))) == [str(i) for i in range(6)]
+    with pytest.raises(RuntimeError, match="closed"):
+        w2.write(9, {"value": 9, "license": "CC-BY"})
 
 
 def test_sigkill_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_path):
