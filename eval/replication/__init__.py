@@ -1,0 +1,1 @@
+"""Replication audit: do generated images copy training images? SSCD descriptors + exact chunked search."""
