@@ -163,7 +163,7 @@ def process_image(data: bytes, config: ImageConfig | None = None) -> ProcessedIm
         img.draft(None, (math.ceil(img.size[0] * headroom), math.ceil(img.size[1] * headroom)))
     _load(img)
     try:
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an already upright image
     except Exception as exc:  # noqa: BLE001
         raise ImageSkip("bad_exif", f"{type(exc).__name__}: {exc}") from exc
     img = to_rgb(img)
