@@ -22,6 +22,7 @@ Splits (arXiv 2310.16825 and the project issue):
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import urllib.parse
 
@@ -181,6 +182,7 @@ def license_from_name(name: str | None) -> License | None:
     return _license_from_code(sorted(set(tokens))) if tokens else None  # names may repeat: "Attribution (CC BY)"
 
 
+@functools.lru_cache(maxsize=65536)  # metadata repeats a few dozen (url, name) pairs millions of times
 def classify_license(url: str | None, name: str | None) -> tuple[License, str]:
     """(License, how it was decided): how is "url", "name", "conflict", "unrecognised" or "missing"."""
     from_url = license_from_url(url)
