@@ -1,7 +1,10 @@
 """FID, KID, CLIP-FID and CLIP score from already extracted features.
 
-FID and KID are clean-fid's own formulas (`fid_from_feats`, `kernel_distance`); CLIP-FID is the same
-Fréchet distance on CLIP image embeddings instead of Inception features. CLIP score is computed here
+FID and KID are clean-fid's own formulas (`fid_from_feats`, `kernel_distance`) on features from clean-fid's
+own "clean"-mode loader (eval.features). Its one-call `compute_fid(dir1, dir2, custom_feat_extractor=...)`
+gives the same FID (tested) but would extract every folder's features once per metric, and its
+`compute_kid` (0.1.35) takes no custom extractor: it always builds, and downloads, its own Inception.
+CLIP-FID is the same Fréchet distance on CLIP image embeddings instead of Inception features. CLIP score is computed here
 because torchmetrics' CLIPScore clips the *mean* at 0, while the CLIPScore definition (Hessel et al. 2021)
 clips each image-caption pair: 100 * max(cos(E_image, E_caption), 0), averaged. It also lets the image
 embeddings already extracted for CLIP-FID be reused instead of running CLIP's vision tower twice.

@@ -120,10 +120,11 @@ def run(cfg) -> dict:
 
     os.makedirs(cfg.out_dir, exist_ok=True)
     matches = []
+    attribution = store.attributions(index)
     with open(os.path.join(cfg.out_dir, MATCHES_FILE), "w") as f:
         for name, row_scores, row_index in zip(names, scores, index):
             row = {"generated": name, "matches": [
-                {"score": float(s), **store.attribution(i)} for s, i in zip(row_scores, row_index)
+                {"score": float(s), **attribution[int(i)]} for s, i in zip(row_scores, row_index)
             ]}
             matches.append(row)
             f.write(json.dumps(row) + "\n")

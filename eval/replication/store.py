@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
@@ -115,13 +114,24 @@ class DescriptorStore:
         blocks = self.blocks()
         return np.stack([blocks[i // self.chunk_size][i % self.chunk_size] for i in indices]).astype(np.float32)
 
-    @lru_cache(maxsize=8)
-    def _attribution_chunk(self, k: int) -> tuple:
+    def _attribution_chunk(self, k: int) -> list[dict]:
         with open(self._path("attr", k)) as f:
-            return tuple(json.loads(line) for line in f)
+            return [json.loads(line) for line in f]
+
+    def attributions(self, indices) -> dict[int, dict]:
+        """Attribution rows of the given sample indices, reading each chunk file once."""
+        wanted: dict[int, list[int]] = {}
+        for i in {int(i) for i in np.asarray(indices).ravel() if i >= 0}:
+            wanted.setdefault(i // self.chunk_size, []).append(i)
+        out = {}
+        for k, members in wanted.items():
+            rows = self._attribution_chunk(k)
+            for i in members:
+                out[i] = rows[i % self.chunk_size]
+        return out
 
     def attribution(self, index: int) -> dict:
-        return self._attribution_chunk(int(index) // self.chunk_size)[int(index) % self.chunk_size]
+        return self.attributions([index])[int(index)]
 
 
 def build_store(

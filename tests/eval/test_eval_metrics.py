@@ -119,3 +119,12 @@ def test_clip_pipeline_matches_direct_cosine(folders):
     np.testing.assert_allclose(text_emb, direct_txt, rtol=1e-4, atol=1e-5)
     cos = (direct_img * direct_txt).sum(1) / np.linalg.norm(direct_img, axis=1) / np.linalg.norm(direct_txt, axis=1)
     assert clip_score(image_emb, text_emb) == pytest.approx(100 * np.maximum(cos, 0).mean(), abs=1e-3)
+
+
+def test_same_fid_as_cleanfid_compute_fid_with_the_extractor(folders, tiny_feats):
+    from cleanfid import fid as cleanfid_fid
+
+    extractor = random_tiny_fid_extractor(torch.device("cpu"))
+    expected = cleanfid_fid.compute_fid(*folders, mode="clean", custom_feat_extractor=extractor.fn, num_workers=0,
+                                        batch_size=8, device=torch.device("cpu"), verbose=False)
+    assert fid_from_features(*tiny_feats) == pytest.approx(expected, rel=1e-5)

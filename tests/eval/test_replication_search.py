@@ -45,3 +45,17 @@ def test_nearest_other_skips_self_and_keeps_duplicates():
     assert index[0] == np.argmax(sims[0]) and index[3] == np.argmax(sims[29])
     assert index[1] == 20 and index[2] == 5 and scores[1] == pytest.approx(1.0)
     assert (index != idx).all()
+
+
+def test_search_benchmark_writes_json_and_markdown(tmp_path):
+    import json
+
+    from benchmarks.replication_search import main
+
+    assert main(["--sizes", "3000", "--queries", "16", "--dim", "32", "--chunk-rows", "1000", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "replication_search.json").read_text())
+    rows = [r for r in result["rows"] if "error" not in r]
+    assert rows and all(r["queries_per_second"] > 0 and r["database"] == 3000 for r in rows)
+    assert rows[0]["top1_agrees_with_float64"] == 1.0  # float32 search is exact
+    assert "queries/s" in (tmp_path / "replication_search.md").read_text()
