@@ -246,19 +246,22 @@ class ResumableMDSWriter:
         except BlockingIOError:
             self._lock.close()
             raise RuntimeError(f"another process is writing rank {rank} of {out_dir}") from None
-        self._remove_own_unfinished_parts()
-
         self._done: set[str] = set()
         self._counts = _empty_counts()  # this rank's finished + current parts
         self._next_part = 0
-        for part_rank, part, path in _finished_parts(out_dir):
-            self._check_columns(path)
-            for entry in _read_ledger(path):
-                self._done.add(entry["key"])
+        try:
+            self._remove_own_unfinished_parts()
+            for part_rank, part, path in _finished_parts(out_dir):
+                self._check_columns(path)
+                for entry in _read_ledger(path):
+                    self._done.add(entry["key"])
+                    if part_rank == rank:
+                        _add_to_counts(self._counts, entry)
                 if part_rank == rank:
-                    _add_to_counts(self._counts, entry)
-            if part_rank == rank:
-                self._next_part = max(self._next_part, part + 1)
+                    self._next_part = max(self._next_part, part + 1)
+        except BaseException:
+            self._lock.close()  # releases the lock
+            raise
 
         self._mds: _PassthroughMDSWriter | None = None
         self._tmp_dir: str | None = None
