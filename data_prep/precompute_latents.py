@@ -109,9 +109,14 @@ class LatentEncoder:
 def load_encoder(args: argparse.Namespace, device: torch.device) -> LatentEncoder:
     from diffusion.models.components import load_text_encoder, load_tokenizer, load_vae
 
-    tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_subfolder)
-    text_encoder = load_text_encoder(args.text_encoder, args.text_encoder_subfolder, tokenizer=tokenizer)
-    vae = load_vae(args.vae, args.vae_subfolder)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_subfolder)
+        text_encoder = load_text_encoder(args.text_encoder, args.text_encoder_subfolder, tokenizer=tokenizer)
+        vae = load_vae(args.vae, args.vae_subfolder)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a hub name that does not resolve, a folder without weights, ...
+        raise StageError(f"loading the models: {str(exc).splitlines()[0]}") from exc
     return LatentEncoder(vae, text_encoder, tokenizer, device, TORCH_DTYPES[args.compute_dtype])
 
 
