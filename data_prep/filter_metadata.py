@@ -76,7 +76,7 @@ class RowFilter:
             if why:
                 return self._drop(lic, "opted_out")
         if self.dedupe:
-            compact = int(item.photo_id) if item.photo_id.isdigit() else item.photo_id  # ints are smaller
+            compact = compact_id(item.photo_id)
             if compact in self.kept_ids:
                 return self._drop(lic, "duplicate")
             self.kept_ids.add(compact)
@@ -88,6 +88,14 @@ class RowFilter:
         _bump(self.counts["dropped"], reason)
         _bump(self.counts["dropped_per_license"], str(lic) if lic is not None else "unparsed")
         return lic, reason
+
+
+def compact_id(photo_id: str) -> int | str:
+    """A canonical decimal id as an int (smaller in a set of millions), anything else unchanged; one-to-one,
+    so "0123" and "123" stay distinct."""
+    if photo_id.isascii() and photo_id.isdigit() and (photo_id[0] != "0" or photo_id == "0"):
+        return int(photo_id)
+    return photo_id
 
 
 def new_counts() -> dict:
@@ -193,7 +201,7 @@ def run_filter(inputs: list[str], out_dir: str, split: str, *, fmt: str = "auto"
         add_counts(totals, json.loads(pf.schema_arrow.metadata[COUNTS_METADATA_KEY]))
         if dedupe:
             for pid in pf.read(columns=["photo_id"]).column(0).to_pylist():
-                rf.kept_ids.add(int(pid) if pid.isdigit() else pid)
+                rf.kept_ids.add(compact_id(pid))
 
     bar = tqdm(desc="filter", unit="row", disable=not progress or None, initial=totals["rows_read"])
     for input_idx, path in enumerate(inputs):

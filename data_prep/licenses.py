@@ -165,7 +165,7 @@ def license_from_name(name: str | None) -> License | None:
     text = urllib.parse.unquote_plus(str(name)).strip().lower()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return FLICKR_LICENSE_IDS.get(int(text))
     text = re.sub(r"\s+", " ", text)
     if text in _NAME_EXACT:

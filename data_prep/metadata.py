@@ -114,9 +114,9 @@ def _optional_int(value: Any, name: str) -> int | None:
 def record_from_fields(fields: Mapping[str, Any], url_decode: bool) -> PhotoRecord:
     """Build a PhotoRecord from our field names (see COLUMN_ALIASES). Raises ValueError if malformed."""
     photo_id = _text(fields.get("photo_id"))
-    if photo_id.endswith(".0") and photo_id[:-2].isdigit():  # an integer id read back as float
+    if photo_id.endswith(".0") and photo_id[:-2].isascii() and photo_id[:-2].isdigit():  # an integer id read back as float
         photo_id = photo_id[:-2]
-    if not photo_id or (not photo_id.isdigit() and len(photo_id.split()) != 1):
+    if not photo_id or (not photo_id.isascii() or not photo_id.isdigit()) and len(photo_id.split()) != 1:
         raise ValueError(f"bad photo id {photo_id!r}")
     marker = _text(fields.get("marker"))
     if marker not in ("", "0", "1", "True", "False"):

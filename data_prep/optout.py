@@ -149,7 +149,7 @@ class OptOutList:
             self.add("url", entry)
         elif _NSID.match(entry):
             self.add("author", entry)
-        elif entry.isdigit():
+        elif entry.isascii() and entry.isdigit():
             self.add("photo", entry)
         else:
             raise OptOutListError(f"{path}: line {n}: cannot tell whether {entry!r} is a photo id, author id or "

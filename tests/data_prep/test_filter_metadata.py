@@ -152,3 +152,11 @@ def test_parquet_without_required_column_is_one_clear_error(tmp_path, capsys):
     rc = filter_metadata.main([str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o"), "--split", "C"])
     err = capsys.readouterr().err
     assert rc == 2 and "bad.parquet: no column for ['download_url', 'license_name', 'license_url']" in err
+
+
+def test_dedupe_ids_are_compared_exactly():
+    from data_prep.filter_metadata import compact_id
+
+    assert compact_id("123") == 123 and compact_id("0") == 0
+    assert compact_id("0123") == "0123" and compact_id("²") == "²" and compact_id("abc") == "abc"
+    assert len({compact_id(x) for x in ["123", "0123", "00123", "123 "[:3]]}) == 3

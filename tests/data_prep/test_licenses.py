@@ -83,7 +83,8 @@ NAME_VARIANTS = [
     ("0", L.ALL_RIGHTS_RESERVED),
 ]
 MALFORMED_NAMES = ["", None, "License", "Creative Commons", "Attribution-ShareAlike-NoDerivs License", "ShareAlike",
-                   "Attribution-Commercial License", "Some Rights Reserved", "GPL", "11", "-1", "by by nope"]
+                   "Attribution-Commercial License", "Some Rights Reserved", "GPL", "11", "-1", "by by nope",
+                   "²"]  # a Unicode digit, not a Flickr id (found by hypothesis)
 
 
 @pytest.mark.parametrize("url,name,expected", YFCC_ROWS)
