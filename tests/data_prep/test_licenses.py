@@ -161,7 +161,7 @@ _name = st.one_of(_words.map(" ".join), _words.map("-".join), st.text(max_size=4
 _url = st.one_of(_cc_url, st.text(max_size=60), st.none())
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)  # reproducible in CI
 @given(url=_url, name=_name)
 def test_property_nothing_outside_the_allowed_set_enters_a_split(url, name):
     lic, how = classify_license(url, name)
@@ -177,7 +177,7 @@ def test_property_nothing_outside_the_allowed_set_enters_a_split(url, name):
         assert license_from_name(name) == lic and license_from_url(url) is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(url=_url, name=_name)
 def test_property_restrictive_terms_never_enter_c_or_nc(url, name):
     lic = normalize_license(url, name)

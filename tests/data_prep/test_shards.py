@@ -138,9 +138,10 @@ def test_sigkill_at_random_points_then_rerun_loses_and_duplicates_nothing(tmp_pa
         proc = _worker(out, n, "--part-size", "15", "--sleep", "0.003")
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:  # wait until it is writing, then kill mid-way
-            if out.exists() and any(name.startswith("_tmp_") for name in os.listdir(out)):
+            if out.exists() and any(name.startswith("_tmp_") for name in os.listdir(out)) and \
+                    any(name.startswith("r0000_p") for name in os.listdir(out)):
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
