@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+import torch
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
@@ -33,6 +34,7 @@ from eval.replication.store import DescriptorStore, build_store, embed_dataset
 REPORT_FILE = "replication.json"
 MATCHES_FILE = "matches.jsonl"
 GRID_FILE = "top_matches.png"
+SEARCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -59,6 +61,9 @@ class ReplicationEvalConfig:
     """Training samples per stored chunk, the unit of resumption."""
     search_chunk_rows: int = 65536
     """Training descriptors per matrix product in the search."""
+    search_dtype: str = "float32"
+    """Precision of the search's products: "float32" (exact), "float16" or "bfloat16" (faster where the hardware
+    has kernels for them; see benchmarks/results/replication_search.md)."""
     top_k: int = 5
     """Matches kept per generated image in matches.jsonl."""
     background_queries: int = 10000
@@ -97,6 +102,8 @@ class FolderImages(Dataset):
 def run(cfg) -> dict:
     """Runs the audit from a ReplicationEvalConfig, a dict or a DictConfig; returns the report dict."""
     cfg = to_config(ReplicationEvalConfig, cfg)
+    if cfg.search_dtype not in SEARCH_DTYPES:  # checked before hours of embedding, not after
+        raise ValueError(f"search_dtype must be one of {sorted(SEARCH_DTYPES)}, got {cfg.search_dtype!r}")
     device = resolve_device(cfg.device)
     files = list_images(cfg.generated_dir)
     ids_of(files)
@@ -107,7 +114,7 @@ def run(cfg) -> dict:
                         batch_size=cfg.batch_size, num_workers=cfg.num_workers, max_samples=cfg.max_train_samples)
     if store.num_samples < 2:
         raise ValueError(f"{cfg.train_mds}: the background needs at least 2 training images")
-    search = dict(chunk_rows=cfg.search_chunk_rows, device=device)
+    search = dict(chunk_rows=cfg.search_chunk_rows, device=device, compute_dtype=SEARCH_DTYPES[cfg.search_dtype])
 
     generated, names = embed_dataset(FolderImages(files, descriptor.transform), descriptor,
                                      batch_size=cfg.batch_size, num_workers=cfg.num_workers, description="generated")

@@ -124,3 +124,5 @@ def test_cli_fails_in_one_line_without_weights(data, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "place an SSCD model file" in err
     assert main([str(path), "random_weights_tests=true"]) == 2  # unknown key, named
     assert "random_weights_tests" in capsys.readouterr().err
+    assert main([str(path), "search_dtype=int8"]) == 2
+    assert "search_dtype must be one of" in capsys.readouterr().err
