@@ -46,7 +46,7 @@ SDXL_SIZE = dict(
 
 # A few-hundred-thousand-parameter UNet for CPU tests and the demo.
 TINY = dict(
-    sample_size=16,
+    sample_size=8,
     in_channels=4,
     out_channels=4,
     down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],

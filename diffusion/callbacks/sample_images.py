@@ -1,0 +1,91 @@
+"""Samples fixed prompts with fixed seeds during training and writes PNG grids (rows: prompts, columns: seeds).
+
+Uses the EMA weights when EMA is on, as the exported model will. Every rank samples (FSDP needs all
+ranks in the forward pass); rank 0 writes the files and logs the images to any configured logger.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from composer.core import Callback, State, get_precision_context
+from composer.loggers import Logger
+from composer.utils import dist
+from PIL import Image
+
+from diffusion.callbacks.ema_swap import ema_weights_active
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") and not hasattr(model, "generate") else model
+
+
+def image_grid(images: torch.Tensor, rows: int) -> Image.Image:
+    """(N, 3, H, W) in [0, 1] -> one PIL grid of `rows` rows."""
+    n, _, h, w = images.shape
+    cols = -(-n // rows)
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, image in enumerate(images):
+        array = (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+        grid.paste(Image.fromarray(array), ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+class SampleImages(Callback):
+    def __init__(
+        self,
+        prompts: list,
+        seeds: list = (0,),
+        every_n_batches: int = 1000,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        sampler: str = "ddim",
+        height: int | None = None,
+        width: int | None = None,
+        folder: str = "samples",  # relative to the trainer's save_folder
+    ):
+        self.prompts, self.seeds = list(prompts), list(seeds)
+        self.every_n_batches = every_n_batches
+        self.kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           sampler=sampler, height=height, width=width)
+        self.folder = folder
+        self.written: list[str] = []
+
+    def sample(self, state: State, logger: Logger, tag: str) -> str | None:
+        model = unwrap(state.model)
+        prompts = [p for p in self.prompts for _ in self.seeds]
+        seeds = [s for _ in self.prompts for s in self.seeds]
+        was_training = model.training
+        model.eval()
+        fsdp = contextlib.nullcontext()
+        if getattr(state, "fsdp_enabled", False):
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            fsdp = FSDP.summon_full_params(state.model, writeback=False, recurse=True)
+        with ema_weights_active(state), fsdp, torch.no_grad():
+            with get_precision_context(state.precision):
+                images = model.generate(prompts, seed=seeds, **self.kwargs)
+        model.train(was_training)
+        if dist.get_global_rank() != 0:
+            return None
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, f"samples_{tag}.png")
+        image_grid(images, rows=len(self.prompts)).save(path)
+        self.written.append(path)
+        logger.log_images(images, name="samples", step=int(state.timestamp.batch))
+        return path
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self.sample(state, logger, f"ba{int(state.timestamp.batch):07d}")
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        batch = int(state.timestamp.batch)
+        if self.every_n_batches and batch % self.every_n_batches == 0:
+            self.sample(state, logger, f"ba{batch:07d}")
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        batch = int(state.timestamp.batch)
+        path = os.path.join(self.folder, f"samples_ba{batch:07d}.png")
+        if path not in self.written:
+            self.sample(state, logger, f"ba{batch:07d}")
