@@ -90,7 +90,9 @@ class LatentEncoder:
         for model in (self.vae, self.text_encoder):
             model.requires_grad_(False)
             model.eval()
-            model.to(self.device, self.compute_dtype)
+            model.to(self.device)
+            if self.compute_dtype != torch.float32:
+                model.to(dtype=self.compute_dtype)
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
     @torch.inference_mode()
