@@ -131,3 +131,18 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, stage, model_dir):
         main(_argv(root / "out", tmp_path / "o2", model_dir))
     with pytest.raises(SystemExit, match=r"missing.*index\.json not found"):
         main(_argv(tmp_path / "missing", tmp_path / "o3", model_dir))
+
+
+def test_two_ranks_split_the_work_and_rank0_merges(tmp_path, stage, model_dir, monkeypatch):
+    """Ranks run one after the other in this process (barrier stubbed); rank 0's merge covers both."""
+    import data_prep.caption as stage_module
+
+    root, _, _ = stage
+    monkeypatch.setattr(stage_module, "barrier", lambda: None)
+    written = {}
+    for rank in (1, 0):
+        monkeypatch.setattr(stage_module, "get_rank_world", lambda rank=rank: (rank, 2))
+        written[rank] = main(_argv(root / "in", tmp_path / "out", model_dir))["written_this_run"]
+    assert written[1] > 0 and written[0] > 0 and written[1] + written[0] == N - 1
+    reference = {k: s[schema.BLIP2_CAPTION] for k, s in iter_mds(str(root / "out"))}
+    assert {k: s[schema.BLIP2_CAPTION] for k, s in iter_mds(str(tmp_path / "out"))} == reference

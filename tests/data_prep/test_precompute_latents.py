@@ -177,3 +177,20 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, stage, models_dir, capsys
     # resuming with other settings would mix two kinds of latents in one dataset
     with pytest.raises(SystemExit, match=f"{SETTINGS_FILE} records other settings \\(resolutions differ\\)"):
         main(_argv(root / "in", root / "out", models_dir) + ["--resolutions", "16"])
+
+
+def test_two_ranks_split_the_work_and_rank0_merges(tmp_path, stage, models_dir, monkeypatch):
+    """Ranks run one after the other in this process (barrier stubbed): each writes only its own block of
+    the input, and rank 0's merge covers both ranks' parts."""
+    import data_prep.precompute_latents as stage_module
+
+    root, _, _ = stage
+    monkeypatch.setattr(stage_module, "barrier", lambda: None)
+    written = {}
+    for rank in (1, 0):
+        monkeypatch.setattr(stage_module, "get_rank_world", lambda rank=rank: (rank, 2))
+        written[rank] = main(_argv(root / "in", tmp_path / "out", models_dir))["written_this_run"]
+    assert written[1] + written[0] == N - len(CORRUPT) and written[1] > 0 and written[0] > 0
+    assert {p.name[:5] for p in (tmp_path / "out").iterdir() if p.name.startswith("r")} == {"r0000", "r0001"}
+    keys = [k for k, _ in iter_mds(str(tmp_path / "out"))]
+    assert len(keys) == len(set(keys)) == N - len(CORRUPT)
