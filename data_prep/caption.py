@@ -62,9 +62,11 @@ class Blip2Captioner:
             log.info("running BLIP-2 in fp32 on CPU (half precision is for GPUs)")
             dtype = torch.float32
         self.device, self.dtype = device, dtype
-        # The slow image processor is the one BLIP-2 checkpoints were published with.
+        # use_fast left unset: transformers then loads the image processor the checkpoint names (BLIP-2's
+        # published ones are the slow, reference one) and the fast tokenizer; use_fast=False would also
+        # force the slow tokenizer.
         try:
-            self.processor = Blip2Processor.from_pretrained(name_or_path, use_fast=False)
+            self.processor = Blip2Processor.from_pretrained(name_or_path)
             self.model = Blip2ForConditionalGeneration.from_pretrained(name_or_path, torch_dtype=dtype)
         except OSError as exc:  # transformers' "not a local folder and not a valid model identifier", etc.
             raise StageError(f"--model {name_or_path}: {str(exc).splitlines()[0]}") from exc
@@ -77,7 +79,8 @@ class Blip2Captioner:
         """generate() finds where the image goes by `config.image_token_index` in the input ids the processor
         builds from `num_query_tokens`; checkpoints saved before transformers 4.47 lack one or both."""
         config, tokenizer = self.model.config, self.processor.tokenizer
-        image_token_id = tokenizer.convert_tokens_to_ids(self.processor.image_token.content)
+        image_token = self.processor.image_token  # an AddedToken, or a str where the tokenizer defines one
+        image_token_id = tokenizer.convert_tokens_to_ids(getattr(image_token, "content", image_token))
         if self.processor.num_query_tokens is None:
             self.processor.num_query_tokens = config.num_query_tokens
         if config.image_token_index is None:

@@ -36,7 +36,7 @@ def stage(tmp_path_factory, model_dir):
 def _reference_captions(model_dir, images, prompt=None, **generate_kwargs):
     """One image at a time, straight through transformers: without a prompt, BLIP-2's own default input
     (image tokens + BOS) built by generate() itself."""
-    processor = Blip2Processor.from_pretrained(model_dir, use_fast=False)
+    processor = Blip2Processor.from_pretrained(model_dir)
     model = Blip2ForConditionalGeneration.from_pretrained(model_dir).eval()
     captions = []
     for image in images:
