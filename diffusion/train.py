@@ -24,7 +24,7 @@ from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 from composer.loggers import FileLogger, TensorboardLogger, WandBLogger
 from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler, LinearWithWarmupScheduler
 from composer.utils import dist, reproducibility
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from diffusion.algorithms.compile_unet import CompileUNet
 from diffusion.algorithms.fast_attention import FastAttention
@@ -126,6 +126,18 @@ def _build_each(registry, section, **extra) -> list:
     return built
 
 
+CONFIG_FILE = "train_config.yaml"  # written beside the checkpoints; export and eval rebuild the model from it
+
+
+def save_resolved_config(cfg, save_folder: str) -> str | None:
+    if dist.get_global_rank() != 0:
+        return None
+    os.makedirs(save_folder, exist_ok=True)
+    path = os.path.join(save_folder, CONFIG_FILE)
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
 def build_trainer(cfg) -> Trainer:
     trainer_args = as_kwargs(cfg.trainer)
     global_batch = trainer_args.pop("train_batch_size")
@@ -137,6 +149,7 @@ def build_trainer(cfg) -> Trainer:
     dataloader = build_dataloader(batch_size=global_batch // world, tokenizer=model.tokenizer, **as_kwargs(cfg.dataset))
     optimizer = build_optimizer(model.unet.parameters(), **as_kwargs(cfg.optimizer))
     save_folder = trainer_args["save_folder"] or "."
+    save_resolved_config(cfg, save_folder)
     # callbacks that write files put them under the save folder unless given an absolute path
     sample_folder = os.path.join(save_folder, (as_kwargs(cfg.callbacks.sample_images) or {}).get("folder", "samples")) \
         if cfg.callbacks.sample_images is not None else None
