@@ -111,3 +111,12 @@ def test_sample_grids_written_at_start_and_end(demo_dir, tmp_path):
     from PIL import Image
 
     assert Image.open(grids[0]).size == (2 * 32, 4 * 32)  # 2 seeds across, 4 prompts down
+
+
+def test_channels_last_and_compile_switches(demo_dir, tmp_path):
+    trainer = trainer_for(demo_dir, tmp_path, **{"algorithms.channels_last": {}, "algorithms.compile_unet": {}})
+    unet = trainer.state.model.unet
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert unet._compiled_call_impl is not None  # nn.Module.compile: compiled lazily on first call
+    assert "conv_in.weight" in unet.state_dict()  # checkpoint keys unchanged by compiling in place
+    trainer.close()
