@@ -13,7 +13,8 @@ install: $(STAMP)
 # Constraints pin the CPU torch wheel and its torchvision on every pip call, so nothing pulls CUDA wheels.
 $(STAMP): requirements/base.txt requirements/no-deps.txt requirements/constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt > $(VENV)/install.log 2>&1 \
+		|| { grep -v "is ignored: it is neither" $(VENV)/install.log; exit 1; }
 	$(PIP) install -q --no-deps -r requirements/no-deps.txt
 	$(PIP) install -q --no-deps -e .
 	$(PY) -m diffusion.compat.torchvision_cpu
