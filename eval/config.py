@@ -4,6 +4,7 @@ OmegaConf does the checking: an unknown key or a missing mandatory value fails w
 """
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 import torch
@@ -24,6 +25,9 @@ def to_config(cls: type[T], cfg: Any) -> T:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto": this process's GPU (LOCAL_RANK, set by composer's launcher and torchrun) if CUDA is there, else CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
