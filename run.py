@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 JOBS = {
     "train": "diffusion.train",
     "eval_fid_clip": "eval.fid_clip_job",
-    "eval_replication": "eval.replication_job",
+    "eval_replication": "eval.replication.job",
 }
 
 

@@ -5,6 +5,12 @@ default), with their attribution. Reports the distribution of top-1 similarities
 statistic for training images among themselves (each one's nearest *other* training image), so a
 number like "2% of generations above 0.5" can be read against how often that happens inside the data.
 
+With `model` set it first generates one image per prompt at each guidance scale (eval.generate_images: each
+rank its share, resumable; prompts best drawn from the training captions, where copying would show), then
+rank 0 audits each scale into out_dir/scale_<g>/ and writes a summary out_dir/replication.json ("per_scale").
+Without `model` it audits the one folder `generated_dir` into out_dir.
+
+    composer -n 8 run.py yamls/eval-replication.yaml model=CHECKPOINT.pt   (or python run.py ... on one device)
     python -m eval.replication.job CONFIG.yaml [key=value ...]
 """
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -24,7 +30,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data_prep import schema
+from data_prep.shards import get_rank_world
+from diffusion.config import ConfigError
 from eval.config import resolve_device, to_config
+from eval.generate_images import GenerationSettings, generate_for_job, scale_dir
 from eval.images import ids_of, list_images
 from eval.replication.descriptors import SSCD_RESIZE, build_descriptor
 from eval.replication.report import draw_match_grid, similarity_stats
@@ -38,9 +47,20 @@ SEARCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 
 
 @dataclass
-class ReplicationEvalConfig:
-    generated_dir: str = MISSING
-    """Folder of generated images (PNG etc.) to audit; each file's stem names it in the report."""
+class ReplicationEvalConfig(GenerationSettings):
+    job: str = "eval_replication"
+    """run.py's job key."""
+    variables: Dict[str, Any] = field(default_factory=dict)
+    """Free values for ${variables.x} interpolation; read by nothing else."""
+    generated_dir: Optional[str] = None
+    """Without `model`: folder of generated images (PNG etc.) to audit; each file's stem names it in the report."""
+    prompts: Optional[str] = None
+    """With `model`: what to generate from, a JSONL of {"id", "prompt"} or an MDS folder (e.g. the captioned
+    training set: prompting with training captions is where copies would show)."""
+    prompts_caption_key: str = "caption"
+    """MDS prompts: the caption column (a captioned training set's is "blip2_caption")."""
+    prompts_id_key: Optional[str] = None
+    """MDS prompts: the id column naming each image; None: image_id or photo_id, whichever is there."""
     train_mds: str = MISSING
     """Local MDS folder of the training set: an "image" column plus the attribution columns."""
     out_dir: str = MISSING
@@ -99,16 +119,30 @@ class FolderImages(Dataset):
             return self.transform(image), os.path.basename(self.files[i])
 
 
-def run(cfg) -> dict:
-    """Runs the audit from a ReplicationEvalConfig, a dict or a DictConfig; returns the report dict."""
+def run(cfg) -> Optional[dict]:
+    """Runs the audit from a ReplicationEvalConfig, a dict or a DictConfig; returns the report dict (None on
+    ranks > 0, which only generate)."""
     cfg = to_config(ReplicationEvalConfig, cfg)
     if cfg.search_dtype not in SEARCH_DTYPES:  # checked before hours of embedding, not after
         raise ValueError(f"search_dtype must be one of {sorted(SEARCH_DTYPES)}, got {cfg.search_dtype!r}")
+    if cfg.model and cfg.generated_dir:
+        raise ConfigError("set either model (generate, then audit) or generated_dir (audit existing images), not both")
+    if not cfg.model and not cfg.generated_dir:
+        raise ConfigError("model: required, a checkpoint (.pt) or exported model folder (e.g. model=PATH on the "
+                          "command line); or leave it unset and give generated_dir to audit existing images")
+    if cfg.model and not cfg.prompts:
+        raise ConfigError("prompts: required with model (a JSONL of {\"id\", \"prompt\"} or an MDS folder)")
     device = resolve_device(cfg.device)
-    files = list_images(cfg.generated_dir)
-    ids_of(files)
+    # Built before any long work (generation included), so missing weights fail first.
     descriptor = build_descriptor(cfg.descriptor, cfg.weights, device, random_weights=cfg.random_weights_test_only,
                                   resize=cfg.resize, seed=cfg.seed)
+    if cfg.model:
+        folders = generate_for_job(cfg, cfg.prompts, cfg.out_dir, cfg.device,
+                                   caption_key=cfg.prompts_caption_key, id_key=cfg.prompts_id_key)
+        if get_rank_world()[0] != 0:
+            return None
+    else:
+        ids_of(list_images(cfg.generated_dir))  # a bad folder fails before the training set is embedded
     store_dir = cfg.store_dir or os.path.join(cfg.out_dir, "train_descriptors")
     store = build_store(cfg.train_mds, store_dir, descriptor, chunk_size=cfg.chunk_size, dtype=cfg.store_dtype,
                         batch_size=cfg.batch_size, num_workers=cfg.num_workers, max_samples=cfg.max_train_samples)
@@ -116,19 +150,38 @@ def run(cfg) -> dict:
         raise ValueError(f"{cfg.train_mds}: the background needs at least 2 training images")
     search = dict(chunk_rows=cfg.search_chunk_rows, device=device, compute_dtype=SEARCH_DTYPES[cfg.search_dtype])
 
-    generated, names = embed_dataset(FolderImages(files, descriptor.transform), descriptor,
-                                     batch_size=cfg.batch_size, num_workers=cfg.num_workers, description="generated")
-    scores, index = topk_cosine(generated, store.blocks(), k=min(cfg.top_k, store.num_samples), **search)
-
+    # The background depends only on the training set, so one serves every scale.
     rng = np.random.default_rng(cfg.seed)
     n_bg = min(cfg.background_queries, store.num_samples)
     bg_index = np.sort(rng.choice(store.num_samples, n_bg, replace=False))
     bg_scores, _ = nearest_other(store.rows(bg_index), bg_index, store.blocks(), **search)
+    background = similarity_stats(bg_scores, cfg.thresholds)
 
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    if not cfg.model:
+        return audit_folder(cfg.generated_dir, cfg.out_dir, cfg, descriptor, store, store_dir, background, search)
+    summary = {"model": cfg.model, "ema": cfg.ema, "train_background": background, "per_scale": {}}
+    for scale, folder in sorted(folders.items()):
+        report = audit_folder(folder, scale_dir(cfg.out_dir, scale), cfg, descriptor, store, store_dir, background, search)
+        summary["per_scale"][f"{scale:g}"] = {"guidance_scale": scale, "dir": os.path.basename(scale_dir(cfg.out_dir, scale)),
+                                             **report}
+    with open(os.path.join(cfg.out_dir, REPORT_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def audit_folder(folder: str, out_dir: str, cfg: ReplicationEvalConfig, descriptor, store: DescriptorStore,
+                 store_dir: str, background: dict, search: dict) -> dict:
+    """Top-k training matches of every image in `folder` -> out_dir/{replication.json, matches.jsonl, top_matches.png}."""
+    files = list_images(folder)
+    ids_of(files)
+    generated, names = embed_dataset(FolderImages(files, descriptor.transform), descriptor,
+                                     batch_size=cfg.batch_size, num_workers=cfg.num_workers, description="generated")
+    scores, index = topk_cosine(generated, store.blocks(), k=min(cfg.top_k, store.num_samples), **search)
+
+    os.makedirs(out_dir, exist_ok=True)
     matches = []
     attribution = store.attributions(index)
-    with open(os.path.join(cfg.out_dir, MATCHES_FILE), "w") as f:
+    with open(os.path.join(out_dir, MATCHES_FILE), "w") as f:
         for name, row_scores, row_index in zip(names, scores, index):
             row = {"generated": name, "matches": [
                 {"score": float(s), **attribution[int(i)]} for s, i in zip(row_scores, row_index)
@@ -141,32 +194,32 @@ def run(cfg) -> dict:
     report = {
         "descriptor": descriptor.name,
         "random_weights_test_only": cfg.random_weights_test_only,
-        "generated_dir": os.path.abspath(cfg.generated_dir),
+        "generated_dir": os.path.abspath(folder),
         "train_mds": os.path.abspath(cfg.train_mds),
         "store_dir": os.path.abspath(store_dir),
         "n_train": store.num_samples,
         "thresholds": list(cfg.thresholds),
         "generated": similarity_stats(scores[:, 0], cfg.thresholds),
-        "train_background": similarity_stats(bg_scores, cfg.thresholds),
+        "train_background": background,
         "top_matches": [{"generated": m["generated"], **m["matches"][0]} for m in top],
         "matches_file": MATCHES_FILE,
         "grid": GRID_FILE,
     }
     if cfg.random_weights_test_only:
         report["warning"] = "random descriptor weights: these similarities measure nothing"
-    _draw_grid(top, cfg, os.path.join(cfg.out_dir, GRID_FILE))
-    with open(os.path.join(cfg.out_dir, REPORT_FILE), "w") as f:
+    _draw_grid(top, folder, cfg, os.path.join(out_dir, GRID_FILE))
+    with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
         json.dump(report, f, indent=2)
     return report
 
 
-def _draw_grid(top: list[dict], cfg: ReplicationEvalConfig, path: str) -> None:
+def _draw_grid(top: list[dict], folder: str, cfg: ReplicationEvalConfig, path: str) -> None:
     from streaming import LocalDataset
 
     train = LocalDataset(local=cfg.train_mds)
     rows = []
     for m in top:
-        with Image.open(os.path.join(cfg.generated_dir, m["generated"])) as image:
+        with Image.open(os.path.join(folder, m["generated"])) as image:
             generated = image.convert("RGB")
         rows.append({"name": m["generated"], "image": generated, "matches": [
             {**match, "image": train[match["index"]][schema.IMAGE]} for match in m["matches"][:cfg.grid_matches]
@@ -185,11 +238,19 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, KeyError, OmegaConfBaseException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for label in ("generated", "train_background"):
-        s = report[label]
-        shares = "  ".join(f"> {t:g}: {s[f'share_above_{t:g}']:.2%}" for t in report["thresholds"])
-        print(f"{label}: n={s['n']} mean {s['mean']:.3f} p95 {s['p95']:.3f}  {shares}")
+    if report is None:  # a rank > 0: it generated its share, rank 0 audited
+        return 0
+    reports = report["per_scale"] if "per_scale" in report else {None: report}
+    for scale, rep in reports.items():
+        for label in ("generated", "train_background"):
+            s = rep[label]
+            shares = "  ".join(f"> {t:g}: {s[f'share_above_{t:g}']:.2%}" for t in rep["thresholds"])
+            prefix = f"w={scale} " if scale is not None else ""
+            print(f"{prefix}{label}: n={s['n']} mean {s['mean']:.3f} p95 {s['p95']:.3f}  {shares}")
     return 0
+
+
+CONFIG_SCHEMA = ReplicationEvalConfig  # what run.py checks a `job: eval_replication` yaml against
 
 
 if __name__ == "__main__":
