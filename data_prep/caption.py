@@ -3,7 +3,7 @@
     python -m data_prep.caption IN_DIR OUT_DIR --model Salesforce/blip2-opt-2.7b [--batch-size 32]
         [--dtype bf16] [--max-new-tokens 30] [--num-beams 1] [--prompt ""]
 
-Every input column is copied (JPEG bytes unchanged, see data_prep.passthrough), so the original alt-text
+Every input column is copied (JPEG bytes unchanged, see data_prep.stage_loop), so the original alt-text
 (`title`, `description`) and all attribution fields sit next to the new `blip2_caption` column: the text
 the model generates after the image (and after `--prompt`, which is not part of the stored caption),
 special tokens removed, whitespace stripped. Decoding is greedy with --num-beams 1, beam search otherwise.
@@ -19,15 +19,12 @@ import argparse
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from tqdm import tqdm
 
 from data_prep import schema
-from data_prep.passthrough import JpegPassthrough
-from data_prep.shards import (ResumableMDSWriter, barrier, count_samples, get_rank_world, iter_mds, merge_ranks,
-                              part_counts, read_columns, write_manifest)
+from data_prep.shards import get_rank_world, read_columns
+from data_prep.stage_loop import run_batched_stage
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +120,11 @@ def check_input(in_dir: str, in_columns: dict[str, str]) -> None:
 
 
 def _decode(item):
-    """(key, sample) -> RGB image, or None if it cannot be decoded. Runs in a thread pool (Pillow releases
-    the GIL while decoding)."""
+    """(key, sample as read, undecoded) -> RGB image, or None if it cannot be decoded. Runs in a thread pool
+    (Pillow releases the GIL while decoding)."""
     key, sample = item
     try:
-        return sample[schema.IMAGE].convert("RGB")
+        return sample[schema.IMAGE].decode().convert("RGB")
     except (OSError, ValueError) as exc:  # Pillow's truncated/corrupt data errors
         log.warning("sample %s: image cannot be decoded: %s", key, exc)
         return None
@@ -142,51 +139,33 @@ def run(args: argparse.Namespace) -> dict:
     captioner = Blip2Captioner(args.model, device, TORCH_DTYPES[args.dtype], args.max_new_tokens,
                                args.num_beams, args.prompt)
 
-    total = count_samples(args.in_dir)
-    rank_total = (rank + 1) * total // world - rank * total // world
-    stats = {"written_this_run": 0, "skipped_this_run": 0, "empty_captions_this_run": 0}
+    empty_captions = {"empty_captions_this_run": 0}
 
-    def flush(batch, writer, passthrough, pool):
-        images = list(pool.map(_decode, [(key, sample) for key, sample, _ in batch]))
+    def flush(batch, out, pool):
+        images = list(pool.map(_decode, batch))
         good = [(item, image) for item, image in zip(batch, images) if image is not None]
-        for (key, sample, _), image in zip(batch, images):
+        for (key, sample), image in zip(batch, images):
             if image is None:
-                writer.skip(key, "undecodable_image", license=sample.get("license"))
-                stats["skipped_this_run"] += 1
+                out.skip(key, "undecodable_image", sample)
         if not good:
             return
         captions = captioner([image for _, image in good])
-        for ((key, sample, kept), _), caption in zip(good, captions):
-            stats["empty_captions_this_run"] += not caption
-            passthrough.write(writer, key, {**sample, schema.BLIP2_CAPTION: caption}, kept)
-            stats["written_this_run"] += 1
+        for ((key, sample), _), caption in zip(good, captions):
+            empty_captions["empty_captions_this_run"] += not caption
+            out.write(key, {**sample, schema.BLIP2_CAPTION: caption})  # the input's columns stay Encoded
 
-    with ResumableMDSWriter(args.out_dir, columns, rank=rank, part_size=args.part_size) as writer, \
-            JpegPassthrough(columns) as passthrough, ThreadPoolExecutor(args.workers) as pool:
-        done = writer.done_keys()
-        batch = []
-        progress = tqdm(iter_mds(args.in_dir, rank, world), total=rank_total, desc=f"caption rank {rank}",
-                        unit="img", disable=args.no_progress)
-        for key, sample in progress:
-            if key in done:
-                continue
-            batch.append((key, sample, passthrough.capture(sample)))
-            if len(batch) == args.batch_size:
-                flush(batch, writer, passthrough, pool)
-                batch = []
-        if batch:
-            flush(batch, writer, passthrough, pool)
-        stats["jpeg_copied"], stats["jpeg_reencoded"] = passthrough.copied, passthrough.reencoded
-
-    barrier()
-    if rank == 0:
-        stats["merged_samples"] = merge_ranks(args.out_dir)
+    def manifest_flags(merged: int) -> dict:
         flags = {k: v for k, v in vars(args).items() if k not in ("in_dir", "out_dir")}
         flags.update(model_dtype=str(captioner.dtype).removeprefix("torch."), device=str(device),
                      decoding="greedy" if args.num_beams == 1 else f"beam search ({args.num_beams} beams)",
                      caption_column=schema.BLIP2_CAPTION, alt_text_columns=["title", "description"])
-        write_manifest(args.out_dir, STAGE, [args.in_dir], part_counts(args.out_dir), flags)
-    return stats
+        return flags
+
+    stats = run_batched_stage(STAGE, args.in_dir, args.out_dir, columns, flush, rank=rank, world=world,
+                              batch_size=args.batch_size, part_size=args.part_size, workers=args.workers,
+                              progress_desc=f"caption rank {rank}", show_progress=not args.no_progress,
+                              manifest_flags=manifest_flags)
+    return {**stats, **empty_captions}
 
 
 def build_parser() -> argparse.ArgumentParser:

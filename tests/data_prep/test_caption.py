@@ -136,9 +136,10 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, stage, model_dir):
 def test_two_ranks_split_the_work_and_rank0_merges(tmp_path, stage, model_dir, monkeypatch):
     """Ranks run one after the other in this process (barrier stubbed); rank 0's merge covers both."""
     import data_prep.caption as stage_module
+    import data_prep.stage_loop
 
     root, _, _ = stage
-    monkeypatch.setattr(stage_module, "barrier", lambda: None)
+    monkeypatch.setattr(data_prep.stage_loop, "barrier", lambda: None)
     written = {}
     for rank in (1, 0):
         monkeypatch.setattr(stage_module, "get_rank_world", lambda rank=rank: (rank, 2))

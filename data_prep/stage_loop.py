@@ -1,0 +1,93 @@
+"""The batched read -> model -> write loop of the model stages (data_prep.caption, data_prep.precompute_latents).
+
+Each of those stages reads a merged MDS folder, runs a model over batches of samples and writes every input
+column plus its new ones to a new folder, rank-sharded and resumable. Only the batch transform (`flush`) and
+the manifest's flags differ; this module holds the rest once.
+
+Its own module rather than part of data_prep.shards: shards is the storage layer that every stage (the
+CPU-only metadata stages too) codes against, with no threads, progress bars or batching; this is a driver
+for the model stages, built on it.
+
+Columns travel undecoded: samples come from iter_mds(raw=True), so every value is a shards.Encoded. A flush
+decodes only the columns it needs (`sample[name].decode()`) and writes the rest back as the Encoded values
+they came in as, which ResumableMDSWriter copies byte for byte (streaming's writer would re-compress a
+decoded JPEG at quality 75, and the loss would compound stage after stage).
+
+    def flush(batch, out, pool):        # batch: [(key, sample)], values Encoded
+        ... out.write(key, {**sample, "new_column": value})   or   out.skip(key, "reason", sample)
+    stats = run_batched_stage("caption", in_dir, out_dir, columns, flush, rank=rank, world=world, ...)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm import tqdm
+
+from data_prep.shards import (Encoded, ResumableMDSWriter, barrier, count_samples, iter_mds, merge_ranks,
+                              part_counts, write_manifest)
+
+Batch = list[tuple[str, dict]]
+
+
+class BatchOutput:
+    """What a flush writes through: the rank's writer, plus this run's counts for the stage's stats.
+
+    jpeg_copied / jpeg_reencoded count the `jpeg` columns written as the input's own bytes (an Encoded
+    value) / as a decoded image that streaming re-encodes (a stage should never do that)."""
+
+    def __init__(self, writer: ResumableMDSWriter, columns: dict[str, str]):
+        self._writer = writer
+        self._jpeg_columns = [name for name, encoding in columns.items() if encoding == "jpeg"]
+        self.stats = {"written_this_run": 0, "skipped_this_run": 0, "jpeg_copied": 0, "jpeg_reencoded": 0}
+
+    def write(self, key: str, sample: dict) -> None:
+        self._writer.write(key, sample)
+        self.stats["written_this_run"] += 1
+        for name in self._jpeg_columns:
+            self.stats["jpeg_copied" if isinstance(sample[name], Encoded) else "jpeg_reencoded"] += 1
+
+    def skip(self, key: str, reason: str, sample: dict) -> None:
+        """Record `key` as dropped for `reason`, under the licence of `sample` (as read)."""
+        lic = sample.get("license")
+        self._writer.skip(key, reason, license=lic.decode() if isinstance(lic, Encoded) else lic)
+        self.stats["skipped_this_run"] += 1
+
+
+def run_batched_stage(stage: str, in_dir: str, out_dir: str, columns: dict[str, str],
+                      flush: Callable[[Batch, BatchOutput, ThreadPoolExecutor], None], *,
+                      rank: int, world: int, batch_size: int, part_size: int, workers: int,
+                      progress_desc: str, show_progress: bool = True,
+                      manifest_flags: Callable[[int], dict]) -> dict:
+    """Run `flush` over this rank's share of `in_dir` in batches of `batch_size` not yet done, writing `columns`
+    to `out_dir`; then wait for every rank, and on rank 0 merge the ranks' parts and write the manifest
+    (flags from manifest_flags(merged sample count), counts from the ledgers).
+
+    flush(batch, out, pool) gets [(key, sample)] with Encoded values, a BatchOutput to write/skip each key
+    through, and a pool of `workers` threads for decoding. Returns this run's counts (BatchOutput.stats),
+    plus merged_samples on rank 0."""
+    total = count_samples(in_dir)
+    rank_total = (rank + 1) * total // world - rank * total // world
+    with ResumableMDSWriter(out_dir, columns, rank=rank, part_size=part_size) as writer, \
+            ThreadPoolExecutor(workers) as pool:
+        out = BatchOutput(writer, columns)
+        done = writer.done_keys()
+        batch: Batch = []
+        progress = tqdm(iter_mds(in_dir, rank, world, raw=True), total=rank_total, desc=progress_desc,
+                        unit="img", disable=not show_progress)
+        for key, sample in progress:
+            if key in done:
+                continue
+            batch.append((key, sample))
+            if len(batch) == batch_size:
+                flush(batch, out, pool)
+                batch = []
+        if batch:
+            flush(batch, out, pool)
+    stats = dict(out.stats)
+
+    barrier()
+    if rank == 0:
+        stats["merged_samples"] = merge_ranks(out_dir)
+        write_manifest(out_dir, stage, [in_dir], part_counts(out_dir), manifest_flags(stats["merged_samples"]))
+    return stats
