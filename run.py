@@ -31,7 +31,11 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    module.run(cfg)
+    try:
+        module.run(cfg)
+    except ConfigError as exc:  # a job's own checks of values the schema cannot judge (paths, combinations)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
