@@ -3,7 +3,7 @@
     python -m data_prep.precompute_latents IN_DIR OUT_DIR --vae NAME_OR_PATH --text-encoder NAME_OR_PATH \
         --tokenizer NAME_OR_PATH [--resolutions 256 512] [--caption-key blip2_caption] [--dtype fp16]
 
-Every input column is copied (JPEG bytes unchanged, see data_prep.passthrough; `--drop-image` leaves the
+Every input column is copied (JPEG bytes unchanged, see data_prep.stage_loop; `--drop-image` leaves the
 image out) and these are added, as diffusion.datasets.text_image reads them with `precomputed_latents`:
 
   latents_{res}    for each resolution: the image's short side resized to `res` (bicubic, antialiased),
@@ -32,18 +32,15 @@ import json
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchvision import transforms
-from tqdm import tqdm
 
 from data_prep import schema
-from data_prep.passthrough import JpegPassthrough
-from data_prep.shards import (ResumableMDSWriter, barrier, count_samples, get_rank_world, iter_mds, merge_ranks,
-                              part_counts, read_columns, write_manifest)
+from data_prep.shards import get_rank_world, iter_mds, read_columns
+from data_prep.stage_loop import run_batched_stage
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +175,11 @@ def save_empty_caption_latents(out_dir: str, encoder: LatentEncoder, np_dtype) -
 
 
 def _decode(item):
-    """(key, sample) -> pixels per resolution, or the reason it cannot be used. Runs in a thread pool:
-    Pillow releases the GIL while decoding and resizing."""
+    """(key, sample as read, undecoded) -> pixels per resolution, or the reason it cannot be used. Runs in a
+    thread pool: Pillow releases the GIL while decoding and resizing."""
     key, sample, transforms_by_res = item
     try:
-        image = sample[schema.IMAGE].convert("RGB")
+        image = sample[schema.IMAGE].decode().convert("RGB")
         return {res: t(image) for res, t in transforms_by_res.items()}, None
     except (OSError, ValueError) as exc:  # Pillow's truncated/corrupt data errors
         log.warning("sample %s: image cannot be decoded: %s", key, exc)
@@ -213,56 +210,31 @@ def run(args: argparse.Namespace) -> dict:
         save_empty_caption_latents(args.out_dir, encoder, np_dtype)
 
     transforms_by_res = {res: pixel_transform(res) for res in args.resolutions}
-    total = count_samples(args.in_dir)
-    rank_total = (rank + 1) * total // world - rank * total // world
-    stats = {"written_this_run": 0, "skipped_this_run": 0}
 
-    def flush(batch, writer, passthrough, pool):
-        decoded = list(pool.map(_decode, [(key, sample, transforms_by_res) for key, sample, _ in batch]))
+    def flush(batch, out, pool):
+        decoded = list(pool.map(_decode, [(key, sample, transforms_by_res) for key, sample in batch]))
         good = []
-        for (key, sample, kept), (pixels, reason) in zip(batch, decoded):
+        for (key, sample), (pixels, reason) in zip(batch, decoded):
             if pixels is None:
-                writer.skip(key, reason, license=sample.get("license"))
-                stats["skipped_this_run"] += 1
+                out.skip(key, reason, sample)
             else:
-                good.append((key, sample, kept, pixels))
+                good.append((key, sample, pixels))
         if not good:
             return
-        latents = {res: encoder.encode_images(torch.stack([g[3][res] for g in good])).cpu().numpy()
+        latents = {res: encoder.encode_images(torch.stack([g[2][res] for g in good])).cpu().numpy()
                    for res in args.resolutions}
-        text = encoder.encode_captions([str(g[1][args.caption_key]) for g in good]).cpu().numpy()
-        for i, (key, sample, kept, _) in enumerate(good):
+        text = encoder.encode_captions([str(g[1][args.caption_key].decode()) for g in good]).cpu().numpy()
+        for i, (key, sample, _) in enumerate(good):
             arrays = {schema.image_latents_key(res): latents[res][i] for res in args.resolutions}
             arrays[schema.CAPTION_LATENTS] = text[i]
             if not all(np.isfinite(a).all() for a in arrays.values()):  # e.g. a VAE overflowing in fp16
-                writer.skip(key, "nonfinite_latents", license=sample.get("license"))
-                stats["skipped_this_run"] += 1
+                out.skip(key, "nonfinite_latents", sample)
                 continue
-            out = {k: v for k, v in sample.items() if k in columns}
-            out.update({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in arrays.items()})
-            passthrough.write(writer, key, out, kept)
-            stats["written_this_run"] += 1
+            kept = {k: v for k, v in sample.items() if k in columns}  # still Encoded: copied byte for byte
+            kept.update({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in arrays.items()})
+            out.write(key, kept)
 
-    with ResumableMDSWriter(args.out_dir, columns, rank=rank, part_size=args.part_size) as writer, \
-            JpegPassthrough(columns) as passthrough, ThreadPoolExecutor(args.workers) as pool:
-        done = writer.done_keys()
-        batch = []
-        progress = tqdm(iter_mds(args.in_dir, rank, world), total=rank_total, desc=f"latents rank {rank}",
-                        unit="img", disable=args.no_progress)
-        for key, sample in progress:
-            if key in done:
-                continue
-            batch.append((key, sample, passthrough.capture(sample)))
-            if len(batch) == args.batch_size:
-                flush(batch, writer, passthrough, pool)
-                batch = []
-        if batch:
-            flush(batch, writer, passthrough, pool)
-        stats["jpeg_copied"], stats["jpeg_reencoded"] = passthrough.copied, passthrough.reencoded
-
-    barrier()
-    if rank == 0:
-        merged = merge_ranks(args.out_dir)
+    def manifest_flags(merged: int) -> dict:
         shapes = _array_shapes(args.out_dir, columns) if merged else {}
         flags = {k: v for k, v in vars(args).items() if k not in ("in_dir", "out_dir")}
         flags.update(
@@ -272,9 +244,12 @@ def run(args: argparse.Namespace) -> dict:
             caption_latents="text_encoder(tokenizer(caption, padding=max_length, truncation))[0]",
             empty_caption_latents=schema.EMPTY_CAPTION_LATENTS_FILE, device=str(device),
         )
-        write_manifest(args.out_dir, STAGE, [args.in_dir], part_counts(args.out_dir), flags)
-        stats["merged_samples"] = merged
-    return stats
+        return flags
+
+    return run_batched_stage(STAGE, args.in_dir, args.out_dir, columns, flush, rank=rank, world=world,
+                             batch_size=args.batch_size, part_size=args.part_size, workers=args.workers,
+                             progress_desc=f"latents rank {rank}", show_progress=not args.no_progress,
+                             manifest_flags=manifest_flags)
 
 
 def _array_shapes(out_dir: str, columns: dict[str, str]) -> dict[str, list[int]]:

@@ -183,9 +183,10 @@ def test_two_ranks_split_the_work_and_rank0_merges(tmp_path, stage, models_dir, 
     """Ranks run one after the other in this process (barrier stubbed): each writes only its own block of
     the input, and rank 0's merge covers both ranks' parts."""
     import data_prep.precompute_latents as stage_module
+    import data_prep.stage_loop
 
     root, _, _ = stage
-    monkeypatch.setattr(stage_module, "barrier", lambda: None)
+    monkeypatch.setattr(data_prep.stage_loop, "barrier", lambda: None)
     written = {}
     for rank in (1, 0):
         monkeypatch.setattr(stage_module, "get_rank_world", lambda rank=rank: (rank, 2))
