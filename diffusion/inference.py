@@ -171,6 +171,12 @@ def load_checkpoint(path: str, ema: bool | None = True, config: str | None = Non
             f"{path}: weights do not fit the model built from {config_path} (model.unet={cfg.model.unet}): {problem}"
         )
     model.load_state_dict(weights, strict=True)
+    # UNet sample_size is only the default output size: make it the training resolution, for generate() and
+    # for the exported pipeline (whose default height/width come from it).
+    factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    resolution = int(cfg.dataset.resolution or 0)
+    if resolution and resolution % factor == 0:
+        model.unet.register_to_config(sample_size=resolution // factor)
     timestamp = state.get("timestamp", {})
     timestamp = timestamp.get("Timestamp", timestamp) if isinstance(timestamp, dict) else {}
     return LoadedCheckpoint(model.eval(), cfg, config_path, kind, dict(timestamp), path)
@@ -200,9 +206,11 @@ def load_pipeline_folder(path: str, ema: bool | None = None) -> StableDiffusion:
     if not held and ema is not None:
         log.warning("%s does not record whether it holds EMA weights; using what it holds", path)
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=torch.float32)
+        # low_cpu_mem_usage needs `accelerate` (not a dependency); saying False up front avoids diffusers' warning
+        fp32 = dict(torch_dtype=torch.float32, low_cpu_mem_usage=False)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **fp32)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **fp32)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     except (OSError, ValueError, EnvironmentError) as exc:
