@@ -24,16 +24,13 @@ import torch
 
 from data_prep import schema
 from data_prep.shards import get_rank_world, read_columns
-from data_prep.stage_loop import run_batched_stage
+from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, run_batched_stage,
+                                  run_stage_cli)
 
 log = logging.getLogger(__name__)
 
 STAGE = "caption"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class StageError(Exception):
-    """Bad input or settings; the CLI prints it as one line and exits non-zero."""
 
 
 def strip_prompt(generated: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -100,12 +97,6 @@ class Blip2Captioner:
         )
         new_tokens = strip_prompt(generated, input_ids)
         return [text.strip() for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def check_input(in_dir: str, in_columns: dict[str, str]) -> None:
@@ -180,10 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=30)
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy decoding")
     p.add_argument("--prompt", default="", help="text the caption continues (not stored), e.g. 'a photo of'")
-    p.add_argument("--part-size", type=int, default=1000, help="samples per atomically published part")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding threads")
-    p.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if CUDA is available, else cpu")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_stage_loop_args(p)
     return p
 
 
@@ -192,13 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("batch_size", "part_size", "workers", "max_new_tokens", "num_beams"):
         if getattr(args, name) < 1:
             sys.exit(f"{STAGE}: --{name.replace('_', '-')} must be >= 1")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        stats = run(args)
-    except (StageError, FileNotFoundError) as exc:
-        sys.exit(f"{STAGE}: {exc}")
-    log.info("%s: %s", STAGE, stats)
-    return stats
+    return run_stage_cli(STAGE, run, args)
 
 
 if __name__ == "__main__":

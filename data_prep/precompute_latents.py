@@ -40,7 +40,8 @@ from torchvision import transforms
 
 from data_prep import schema
 from data_prep.shards import get_rank_world, iter_mds, read_columns
-from data_prep.stage_loop import run_batched_stage
+from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, run_batched_stage,
+                                  run_stage_cli)
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ STAGE = "precompute_latents"
 SETTINGS_FILE = "latents_settings.json"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}  # numpy has no bfloat16: not a storage option
-
-
-class StageError(Exception):
-    """Bad input or settings; the CLI prints it as one line and exits non-zero."""
 
 
 def pixel_transform(resolution: int) -> transforms.Compose:
@@ -117,12 +114,6 @@ def load_encoder(args: argparse.Namespace, device: torch.device) -> LatentEncode
     except OSError as exc:  # a hub name that does not resolve, a folder without weights, ...
         raise StageError(f"loading the models: {str(exc).splitlines()[0]}") from exc
     return LatentEncoder(vae, text_encoder, tokenizer, device, TORCH_DTYPES[args.compute_dtype])
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_image: bool) -> dict[str, str]:
@@ -279,10 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype the VAE and text encoder run in (fp16/bf16 are faster on GPU)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--drop-image", action="store_true", help="do not copy the image column into the output")
-    p.add_argument("--part-size", type=int, default=1000, help="samples per atomically published part")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding threads")
-    p.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if CUDA is available, else cpu")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_stage_loop_args(p)
     return p
 
 
@@ -295,13 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.resolutions = sorted(set(args.resolutions))
     for name in ("vae_subfolder", "text_encoder_subfolder", "tokenizer_subfolder"):
         setattr(args, name, getattr(args, name) or None)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        stats = run(args)
-    except (StageError, FileNotFoundError) as exc:
-        sys.exit(f"{STAGE}: {exc}")
-    log.info("%s: %s", STAGE, stats)
-    return stats
+    return run_stage_cli(STAGE, run, args)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,57 @@ decoded JPEG at quality 75, and the loss would compound stage after stage).
     def flush(batch, out, pool):        # batch: [(key, sample)], values Encoded
         ... out.write(key, {**sample, "new_column": value})   or   out.skip(key, "reason", sample)
     stats = run_batched_stage("caption", in_dir, out_dir, columns, flush, rank=rank, world=world, ...)
+
+add_stage_loop_args adds the loop's own flags to a stage's parser; run_stage_cli gives its main() the
+one-line failures (StageError, a missing input folder).
 """
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
 from tqdm import tqdm
 
 from data_prep.shards import (Encoded, ResumableMDSWriter, barrier, count_samples, iter_mds, merge_ranks,
                               part_counts, write_manifest)
 
 Batch = list[tuple[str, dict]]
+
+
+class StageError(Exception):
+    """Bad input or settings; run_stage_cli prints it as one line and exits non-zero."""
+
+
+def default_device() -> torch.device:
+    """cuda:$LOCAL_RANK (one GPU per rank, as composer's launcher and torchrun set it) if CUDA is available."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def add_stage_loop_args(p: argparse.ArgumentParser) -> None:
+    """--part-size, --workers, --device, --no-progress: the flags every batched model stage shares."""
+    p.add_argument("--part-size", type=int, default=1000, help="samples per atomically published part")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding threads")
+    p.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if CUDA is available, else cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run_stage_cli(stage: str, run: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> dict:
+    """run(args) with INFO logging; a StageError or a missing input ends the process with one line
+    `stage: why`. Logs and returns run's stats."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stats = run(args)
+    except (StageError, FileNotFoundError) as exc:
+        sys.exit(f"{stage}: {exc}")
+    logging.getLogger(run.__module__).info("%s: %s", stage, stats)
+    return stats
 
 
 class BatchOutput:
