@@ -30,6 +30,7 @@ from diffusion.algorithms.compile_unet import CompileUNet
 from diffusion.algorithms.fast_attention import FastAttention
 from diffusion.algorithms.low_precision_norms import LowPrecisionNorms
 from diffusion.callbacks.nan_guard import NaNGuard
+from diffusion.callbacks.resume_rng import ResumeRNG
 from diffusion.callbacks.sample_images import SampleImages
 from diffusion.config import ConfigError, as_kwargs, optional_sections, schema_from
 from diffusion.datasets.text_image import build_dataloader
@@ -157,7 +158,7 @@ def build_trainer(cfg) -> Trainer:
         CALLBACKS, cfg.callbacks,
         sample_images={"folder": sample_folder} if sample_folder else {},
         nan_guard={"folder": save_folder},
-    )
+    ) + [ResumeRNG()]  # not a yaml switch: without it a mid-epoch resume repeats earlier noise
     return Trainer(
         run_name=cfg.run_name,
         model=model,
