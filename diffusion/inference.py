@@ -101,9 +101,20 @@ def _ema_algorithm_state(state: dict) -> dict | None:
     return None
 
 
-def _strip_prefix(weights: dict, prefix: str = "module.") -> dict:
-    if weights and all(k.startswith(prefix) for k in weights):
-        return {k[len(prefix):]: v for k, v in weights.items()}
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _strip_prefix(weights: dict) -> dict:
+    """Parameter names as the bare model has them: no DDP `module.` prefix, no FSDP/activation-checkpointing/
+    torch.compile wrapper segments (EMA copies names from the wrapped model)."""
+    def clean(key: str) -> str:
+        for segment in _WRAPPER_SEGMENTS:
+            key = key.replace(segment, "")
+        return key
+
+    weights = {clean(k): v for k, v in weights.items()}
+    if weights and all(k.startswith("module.") for k in weights):
+        weights = {k[len("module."):]: v for k, v in weights.items()}
     return weights
 
 
@@ -124,8 +135,7 @@ def select_weights(state: dict, ema: bool | None, path: str) -> tuple[dict, str]
     if want_ema == model_holds_ema:
         return model_weights, "ema" if want_ema else "online"
     stored = ema_state["ema_model"]
-    other = {**stored.get("named_buffers_dict", {}), **stored.get("named_parameters_dict", {})}
-    other = _strip_prefix(other)
+    other = {**_strip_prefix(stored.get("named_buffers_dict", {})), **_strip_prefix(stored.get("named_parameters_dict", {}))}
     swapped = dict(model_weights)
     for key, value in other.items():
         if key in swapped:  # non-persistent buffers (e.g. CLIP position_ids) are stored by EMA but not saved

@@ -96,7 +96,8 @@ def test_load_model_gives_ema_and_online_weights(trained, demo_dir):
 
 
 def test_ema_flag_read_from_checkpoint_not_assumed(trained, tmp_path):
-    """A checkpoint saved with the online weights in the model (ema_weights_active False) loads the same."""
+    """A checkpoint saved with the online weights in the model (ema_weights_active False, EMA names with DDP's
+    `module.` prefix) loads the same weights for each choice."""
     saved = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
     state = saved["state"]
     ema_state = dict(state["algorithms"])["EMA"]
@@ -105,6 +106,8 @@ def test_ema_flag_read_from_checkpoint_not_assumed(trained, tmp_path):
     for key, online in list(stored.items()):
         stored[key], state["model"][key] = state["model"][key], online
     ema_state["ema_weights_active"] = False
+    # EMA copies names from the wrapped model under DDP; those come back without the prefix
+    ema_state["ema_model"]["named_parameters_dict"] = {"module." + k: v for k, v in stored.items()}
     flipped = tmp_path / "checkpoints" / "flipped.pt"
     flipped.parent.mkdir()
     torch.save(saved, flipped)
