@@ -28,7 +28,6 @@ and a re-run with different ones is refused rather than mixing two kinds of late
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -39,6 +38,7 @@ import torch
 from torchvision import transforms
 
 from data_prep import schema
+from data_prep.json_records import changed_settings, read_settings, write_json_atomic
 from data_prep.shards import get_rank_world, iter_mds, read_columns
 from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, run_batched_stage,
                                   run_stage_cli)
@@ -141,18 +141,15 @@ def check_input(in_dir: str, in_columns: dict[str, str], caption_key: str, resol
 def check_settings(out_dir: str, settings: dict, rank: int) -> None:
     """Refuse to resume into an out_dir written with other settings; record them on the first run."""
     path = os.path.join(out_dir, SETTINGS_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != settings:
-            changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
+    recorded = read_settings(path)
+    if recorded is not None:
+        changed = changed_settings(recorded, settings)
+        if changed:
             raise StageError(f"{path} records other settings ({', '.join(changed)} differ): use a new OUT_DIR, "
                              f"or re-run with the recorded ones")
     elif rank == 0:
         os.makedirs(out_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(settings, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(path, settings)
 
 
 def save_empty_caption_latents(out_dir: str, encoder: LatentEncoder, np_dtype) -> str:

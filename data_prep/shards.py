@@ -58,6 +58,7 @@ from streaming.base.format import reader_from_json
 from streaming.base.format.mds.encodings import mds_decode, mds_encode
 from streaming.base.util import merge_index
 
+from data_prep.json_records import write_json_atomic
 from data_prep.schema import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
@@ -564,8 +565,5 @@ def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, fl
         "input_manifests": input_manifests,
     }
     path = os.path.join(out_dir, MANIFEST_FILE)
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False, default=str)
-    os.replace(tmp_path, path)
+    write_json_atomic(path, manifest, default=str)
     return path

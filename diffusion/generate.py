@@ -12,7 +12,6 @@ same settings skips images already written; with other settings it refuses unles
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep.json_records import changed_settings, read_settings, write_json_atomic
 from diffusion.inference import ModelLoadError, is_pipeline_folder, load_model
 from diffusion.models.samplers import SAMPLERS
 
@@ -47,12 +47,10 @@ def write_grid(paths_by_prompt: list[list[str]], path: str) -> str:
 
 
 def _check_settings(out_dir: str, settings: dict, overwrite: bool) -> None:
-    path = os.path.join(out_dir, SETTINGS_FILE)
-    if os.path.isfile(path) and not overwrite:
-        with open(path) as f:
-            previous = json.load(f)
-        if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    recorded = None if overwrite else read_settings(os.path.join(out_dir, SETTINGS_FILE))
+    if recorded is not None:
+        changed = changed_settings(recorded, settings)
+        if changed:
             raise FileExistsError(f"{out_dir}: holds images made with other settings ({', '.join(changed)} differ); "
                                   "use another --out or pass --overwrite")
 
@@ -111,8 +109,7 @@ def generate_images(
     }  # n and seed are left out: changing them only adds or picks other files
     _check_settings(out_dir, settings, overwrite)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, SETTINGS_FILE), "w") as f:
-        json.dump(settings, f, indent=2)
+    write_json_atomic(os.path.join(out_dir, SETTINGS_FILE), settings)
 
     jobs = [(j, seed + i) for j in range(len(prompts)) for i in range(n)]
     todo = [(j, s) for j, s in jobs if overwrite or not os.path.isfile(image_path(out_dir, j, s))]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep.json_records import changed_settings, read_settings, write_json_atomic
 from data_prep.shards import get_rank_world, read_columns, shard_for_rank
 from eval.config import resolve_device
 from eval.images import IMAGE_EXTENSIONS, image_id
@@ -137,23 +137,19 @@ def _settings(model_path, guidance_scale, num_inference_steps, sampler, height, 
 def _claim_folder(folder: str, settings: dict, rank: int) -> None:
     """Records the settings a folder's images come from, or refuses a folder holding another run's images."""
     path = os.path.join(folder, SETTINGS_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            recorded = json.load(f)
-        if recorded != settings:
-            changed = ", ".join(f"{k}: {recorded.get(k)!r} there, {settings[k]!r} now"
-                                for k in settings if recorded.get(k) != settings[k])
-            raise ValueError(f"{folder} holds images generated with other settings ({changed}); "
+    recorded = read_settings(path)
+    if recorded is not None:
+        changed = changed_settings(recorded, settings)
+        if changed:
+            detail = ", ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+            raise ValueError(f"{folder} holds images generated with other settings ({detail}); "
                              f"use another folder or empty it")
         return
     existing = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)]
     if existing:
         raise ValueError(f"{folder} holds {len(existing)} images of unknown origin (no {SETTINGS_FILE}), "
                          f"e.g. {existing[0]}; use another folder or empty it")
-    tmp = f"{path}.rank{rank}.tmp"  # every rank writes the same content; the rename is atomic
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, settings, tmp_suffix=f".rank{rank}.tmp")  # every rank writes the same content
 
 
 def init_ranks() -> None:

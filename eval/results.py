@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from data_prep.json_records import write_json_atomic
 from eval.config import RANDOM_TINY
 from eval.extractors import ClipEmbedder, FeatureExtractor
 from eval.features import cached_features, extract_features, files_fingerprint
@@ -154,10 +155,7 @@ def plot_fid_vs_clip(results: dict, path: str) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, default=_json_default)
 
 
 def _json_default(obj):
