@@ -4,11 +4,14 @@ OmegaConf does the checking: an unknown key or a missing mandatory value fails w
 """
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Any, TypeVar
+import sys
+from typing import Any, Callable, TypeVar
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
@@ -31,3 +34,19 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cpu")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def run_job_cli(argv: list[str] | None, prog: str, description: str, schema: type, run: Callable) -> tuple[int, Any]:
+    """`python -m eval.<job> YAML [key=value ...]`: the yaml checked exactly as `run.py` checks it, then the job.
+    Returns (exit status, the job's result); an error is one line on stderr and status 2."""
+    from diffusion.config import load_config
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", help=f"yaml with {schema.__name__} fields")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    try:  # ConfigError is a ValueError
+        return 0, run(load_config(args.config, args.overrides, schema))
+    except (FileNotFoundError, ValueError, KeyError, OmegaConfBaseException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2, None

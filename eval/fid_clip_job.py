@@ -9,17 +9,15 @@ each rank its share, resumable), then rank 0 scores each scale's folder against 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
 from data_prep.shards import get_rank_world
 from diffusion.config import ConfigError
-from eval.config import resolve_device, to_config
+from eval.config import resolve_device, run_job_cli, to_config
 from eval.extractors import load_clip, load_inception
 from eval.generate_images import GenerationSettings, generate_for_job
 from eval.results import evaluate_guidance_scales, load_prompts
@@ -98,18 +96,9 @@ CONFIG_SCHEMA = FidClipEvalConfig  # what run.py checks a `job: eval_fid_clip` y
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.fid_clip_job", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="yaml with FidClipEvalConfig fields")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
-    try:
-        results = run(cfg)
-    except (FileNotFoundError, ValueError, KeyError, OmegaConfBaseException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if results is None:  # a rank > 0: it generated its share, rank 0 scored
-        return 0
+    status, results = run_job_cli(argv, "python -m eval.fid_clip_job", __doc__.split("\n\n")[0], CONFIG_SCHEMA, run)
+    if results is None:  # an error, or a rank > 0: it generated its share, rank 0 scored
+        return status
     for key, row in results["per_scale"].items():
         print(f"w={key}: FID {row['fid']:.3f}  KID {row['kid']:.5f}  CLIP-FID {row['clip_fid']:.3f}  CLIP {row['clip_score']:.2f}  n={row['n']}")
     return 0

@@ -15,7 +15,6 @@ Without `model` it audits the one folder `generated_dir` into out_dir.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,15 +23,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 from PIL import Image
 from torch.utils.data import Dataset
 
 from data_prep import schema
 from data_prep.shards import get_rank_world
 from diffusion.config import ConfigError
-from eval.config import resolve_device, to_config
+from eval.config import resolve_device, run_job_cli, to_config
 from eval.generate_images import GenerationSettings, generate_for_job, scale_dir
 from eval.images import ids_of, list_images
 from eval.replication.descriptors import SSCD_RESIZE, build_descriptor
@@ -228,18 +226,9 @@ def _draw_grid(top: list[dict], folder: str, cfg: ReplicationEvalConfig, path: s
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.replication.job", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="yaml with ReplicationEvalConfig fields")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
-    try:
-        report = run(cfg)
-    except (FileNotFoundError, ValueError, KeyError, OmegaConfBaseException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if report is None:  # a rank > 0: it generated its share, rank 0 audited
-        return 0
+    status, report = run_job_cli(argv, "python -m eval.replication.job", __doc__.split("\n\n")[0], CONFIG_SCHEMA, run)
+    if report is None:  # an error, or a rank > 0: it generated its share, rank 0 audited
+        return status
     reports = report["per_scale"] if "per_scale" in report else {None: report}
     for scale, rep in reports.items():
         for label in ("generated", "train_background"):

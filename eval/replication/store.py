@@ -15,7 +15,6 @@ import os
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
