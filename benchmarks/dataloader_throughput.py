@@ -39,6 +39,7 @@ from streaming import MDSWriter
 from tqdm import tqdm
 from transformers import CLIPTokenizer
 
+from benchmarks.report import write_result
 from data_prep import schema
 from diffusion.datasets.text_image import build_dataloader
 from diffusion.models import tiny
@@ -188,12 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
               "resolution": args.resolution, "image_size": args.image_size, "samples": args.samples,
               "batch_size": args.batch_size, "default_workers": DEFAULT_WORKERS, "gpu_rate": rate,
               "gpu_rate_source": source, "rows": rows, "verdict": verdict}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{BENCHMARK}_{args.resolution}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(stem + ".md", "w") as f:
-        f.write(to_markdown(result))
+    write_result(args.out, f"{BENCHMARK}_{args.resolution}", result, to_markdown(result))
     return result
 
 

@@ -27,6 +27,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from benchmarks.report import write_result
 from data_prep.fetch import FetchConfig, run_fetch
 from data_prep.images import configure_pillow
 
@@ -151,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         "python": platform.python_version(), "pillow": Image.__version__},
         "runs": runs,
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "fetch_throughput.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "fetch_throughput.md"), "w") as f:
-        f.write(to_markdown(result))
+    write_result(args.out, "fetch_throughput", result, to_markdown(result))
     print(to_markdown(result))
     return 0
 

@@ -16,7 +16,6 @@ Writes latents_throughput.json and latents_throughput.md under --out. CPU figure
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ from PIL import Image
 from streaming import MDSWriter
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from benchmarks.report import write_result
 from data_prep import schema
 from data_prep.precompute_latents import LatentEncoder, build_parser, load_encoder, run
 from diffusion.models import tiny
@@ -171,11 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python -m benchmarks.latents_throughput " + " ".join(argv or []),
         "runs": runs,
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "latents_throughput.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "latents_throughput.md"), "w") as f:
-        f.write(to_markdown(result))
+    write_result(args.out, "latents_throughput", result, to_markdown(result))
     return result
 
 

@@ -9,7 +9,6 @@ chunks and the wall time gives queries per second. Writes benchmarks/results/rep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.report import write_result
 from eval.replication.search import topk_cosine
 
 # (label, stored dtype, compute dtype). float16 storage halves memory; on CPU the chunk is then upcast for
@@ -88,11 +88,7 @@ def run(sizes, n_queries: int, dim: int, chunk_rows: int, repeats: int, out_dir:
         "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(), "rows": rows,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "replication_search.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out_dir, "replication_search.md"), "w") as f:
-        f.write(markdown(result))
+    write_result(out_dir, "replication_search", result, markdown(result))
     return result
 
 

@@ -56,6 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from benchmarks.report import write_result
 from diffusion.algorithms.fast_attention import choose_backend, set_attention
 from diffusion.models import tiny
 from diffusion.models.builder import build_stable_diffusion
@@ -483,16 +484,8 @@ def flops_only(args) -> dict:
         lines += ["", f"The issue states >= ~{result['issue_target_images_per_s_h100']} images/s for 40% MFU on one "
                   "H100 at this resolution."]
     lines += ["", f"Command: `{result['command']}`", ""]
-    write(args.out, f"{BENCHMARK}_{args.config}_{args.resolution}_flops", result, "\n".join(lines))
+    write_result(args.out, f"{BENCHMARK}_{args.config}_{args.resolution}_flops", result, "\n".join(lines))
     return result
-
-
-def write(out: str, stem: str, result: dict, markdown: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, stem + ".json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, stem + ".md"), "w") as f:
-        f.write(markdown)
 
 
 def benchmark(args) -> dict:
@@ -532,7 +525,7 @@ def benchmark(args) -> dict:
         "rows": rows,
     }
     add_derived(result)
-    write(args.out, f"{BENCHMARK}_{args.config}_{args.resolution}_{result['device']}", result, to_markdown(result))
+    write_result(args.out, f"{BENCHMARK}_{args.config}_{args.resolution}_{result['device']}", result, to_markdown(result))
     return result
 
 
