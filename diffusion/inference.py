@@ -75,7 +75,7 @@ def load_model(path: str, ema: bool | None = True, device: str = "cpu", config: 
 def find_config(checkpoint: str, config: str | None = None) -> str:
     path = config or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CONFIG_FILE)
     if not os.path.isfile(path):
-        hint = "" if config else f" (train.py writes it beside the checkpoints; pass --config / config= to point at it)"
+        hint = "" if config else " (train.py writes it beside the checkpoints; pass --config / config= to point at it)"
         raise FileNotFoundError(f"{path}: no training config{hint}")
     return path
 

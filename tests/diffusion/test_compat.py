@@ -1,6 +1,5 @@
 """The torchvision import hook: composer and torchvision import on a CPU torch; the hook is one-shot and
 does nothing where torchvision's own extension loads."""
-import os
 import subprocess
 import sys
 

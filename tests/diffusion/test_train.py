@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from composer.utils import dist
 
 from diffusion.config import load_config
 from diffusion.train import TrainConfig, build_trainer

@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import eval.generate_images as gen

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.replication.descriptors import GeM, ImageDescriptor, SSCDResNet50, build_descriptor, load_sscd_model, sscd_transform
+from eval.replication.descriptors import GeM, ImageDescriptor, build_descriptor, load_sscd_model, sscd_transform
 
 from eval_testdata import synthetic_image
 
