@@ -10,8 +10,8 @@ data_prep.commoncatalog_layout). Each row is checked again here, whatever repo i
 
   * license from its own licenseurl/licensename (data_prep.licenses; the repo's name is not trusted),
     dropped unless in --split;  * the opt-out list (--optout, the format data_prep.filter_metadata reads);
-  * duplicates: a photo id seen in an earlier row (all inputs, in order) and an image whose sha256 was
-    already written;  * the fetch stage's image checks (data_prep.images: decode, decompression-bomb
+  * duplicates: a photo id seen in an earlier row (all inputs, in order: every rank agrees) and an image
+    whose sha256 the same rank already wrote (two ranks holding the same bytes both keep theirs);  * the fetch stage's image checks (data_prep.images: decode, decompression-bomb
     limit, truncated/corrupt, RGB, EXIF orientation, --min-side, optional --max-side shrink).
 
 Output columns: schema.COMMONCATALOG_COLUMNS: the fetch stage's (image + attribution, license normalised,
@@ -141,16 +141,18 @@ def row_keys(unit: Unit, duplicates: set[int]) -> list[str]:
 
 
 class UnitIngest:
-    """Writes the rows of row groups through one rank's writer, in row order (so a resumed run, which
-    rebuilds `seen_sha256` from the finished parts, makes exactly the choices an uninterrupted one does)."""
+    """Writes the rows of row groups through one rank's writer, in row order, so a resumed run, which
+    rebuilds `seen_sha256` from this rank's finished parts, makes exactly the choices an uninterrupted one
+    does. Only this rank's own images count as seen: other ranks' parts appear at times that depend on the
+    machine, and what a rank keeps must not."""
 
     def __init__(self, writer: shards.ResumableMDSWriter, checker: RowChecker, worker: ImageWorker,
                  pool: ThreadPoolExecutor, duplicates: set[int], batch_rows: int, bar: tqdm):
         self.writer, self.checker, self.worker, self.pool = writer, checker, worker, pool
         self.duplicates, self.batch_rows, self.bar = duplicates, batch_rows, bar
         self.done = writer.done_keys()
-        self.seen_sha256 = {s["sha256"]: k for k, s in shards.iter_finished(writer.out_dir, ["sha256"])} \
-            if self.done else {}
+        self.seen_sha256 = {s["sha256"]: k for k, s in shards.iter_finished(writer.out_dir, ["sha256"],
+                                                                             rank=writer.rank)}
 
     def __call__(self, unit: Unit) -> None:
         keys = row_keys(unit, self.duplicates)

@@ -475,12 +475,14 @@ def iter_mds(in_dir: str, rank: int = 0, world: int = 1, key_column: str = DEFAU
                 break
 
 
-def iter_finished(out_dir: str, columns: list[str], key_column: str = DEFAULT_KEY_COLUMN
-                  ) -> Iterator[tuple[str, dict]]:
-    """(key, sample) of every finished part of every rank of a stage's out_dir, before any merge, decoding
-    only `columns`: how a resumed stage rebuilds state kept across rows (e.g. the sha256 of images written)."""
-    for _, _, path in _finished_parts(out_dir):  # each finished part has its own index.json
-        yield from iter_mds(path, key_column=key_column, columns=columns)
+def iter_finished(out_dir: str, columns: list[str], key_column: str = DEFAULT_KEY_COLUMN,
+                  rank: int | None = None) -> Iterator[tuple[str, dict]]:
+    """(key, sample) of every finished part of a stage's out_dir (of one rank, or of all when rank is None),
+    before any merge, decoding only `columns`: how a resumed stage rebuilds state kept across rows (e.g. the
+    sha256 of images written)."""
+    for part_rank, _, path in _finished_parts(out_dir):  # each finished part has its own index.json
+        if rank is None or part_rank == rank:
+            yield from iter_mds(path, key_column=key_column, columns=columns)
 
 
 def _iter_shard(in_dir: str, tmp: str, info: dict, first: int, stop: int, key_column: str,

@@ -57,3 +57,24 @@ def test_dataloader_throughput_both_paths(tmp_path):
 def test_dataloader_throughput_bad_workers(tmp_path):
     with pytest.raises(SystemExit, match="--workers"):
         dataloader_throughput.main(["--workers", "two", "--out", str(tmp_path)])
+
+
+def test_commoncatalog_throughput_smoke(tmp_path):
+    # Loaded from its file: under pytest the name `benchmarks` is this test folder's own package, and its
+    # submodules then resolve through the editable install's finder to whichever checkout was installed.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "commoncatalog_throughput.py"
+    spec = importlib.util.spec_from_file_location("commoncatalog_throughput_under_test", path)
+    commoncatalog_throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(commoncatalog_throughput)
+    result = commoncatalog_throughput.main(["--n", "6", "--workers", "1", "--max-side", "0", "512",
+                                            "--out", str(tmp_path)])
+    runs = {r["max_side"]: r for r in result["runs"]}
+    assert set(runs) == {None, 512} and all(r["images"] == 6 and not r["skipped"] for r in runs.values())
+    for r in runs.values():
+        assert r["images_per_cpu_core_s"] == pytest.approx(r["images"] / r["cpu_s"], rel=0.02)
+    assert runs[512]["mds_mb"] < runs[None]["mds_mb"]  # shrunk to a 512px short side: fewer bytes stored
+    saved = json.loads((tmp_path / "commoncatalog_throughput.json").read_text())
+    assert saved["runs"] == result["runs"] and "| 512 | 1 |" in (tmp_path / "commoncatalog_throughput.md").read_text()

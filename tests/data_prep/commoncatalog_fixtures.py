@@ -41,11 +41,11 @@ ROWS_A = [
     (1005, "arr", "", "license_not_in_split"),
     (1006, "unverifiable", "", "license_unverifiable"),  # excluded once issue 10 item 2 lands
     (1007, "by", "truncated", "truncated"),
+    (1010, "by-sa", "same_bytes_as_1002", "duplicate_sha256"),  # same part, so same rank: see commoncatalog
 ]
 ROWS_B = [
     (1001, "by", "", "duplicate_photo_id"),
     (1009, "by", "", "opted_out"),
-    (1010, "by-sa", "same_bytes_as_1002", "duplicate_sha256"),
     (1011, "by", "", None),
     (1012, "by-sa", "", None),
     (1013, "by", "not_an_image", "not_an_image"),
