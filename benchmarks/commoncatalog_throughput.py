@@ -18,17 +18,14 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import tempfile
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
-from benchmarks.fetch_throughput import cpu_seconds, photo_like
-from benchmarks.report import write_result
+from benchmarks.fetch_throughput import photo_like
+from benchmarks.report import CpuTimer, cpu_environment, write_result
 from data_prep.commoncatalog import CatalogConfig, run_commoncatalog
 from data_prep.commoncatalog_layout import catalog_table
 from data_prep.images import configure_pillow
@@ -65,10 +62,9 @@ def make_snapshot(folder: str, n: int, seed: int = 0, row_group_size: int = 64) 
 
 def run_once(snapshot: str, out_dir: str, workers: int, max_side: int) -> dict:
     config = CatalogConfig(split="C", max_side=max_side or None, workers=workers, progress=False)
-    load_before = os.getloadavg()[0]
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    counts = run_commoncatalog([snapshot], out_dir, config, rank=0, world=1)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    with CpuTimer() as timer:
+        counts = run_commoncatalog([snapshot], out_dir, config, rank=0, world=1)
+    wall, cpu = timer.wall_s, timer.cpu_s
     n = counts["written"]
     if n == 0 or wall <= 0 or cpu <= 0:
         raise SystemExit(f"commoncatalog_throughput: nothing measurable (written {n}, skipped {counts['skipped']})")
@@ -78,7 +74,7 @@ def run_once(snapshot: str, out_dir: str, workers: int, max_side: int) -> dict:
             "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "images_per_s": round(n / wall, 2),
             "cpu_ms_per_image": round(1000 * cpu / n, 2), "images_per_cpu_core_s": round(n / cpu, 2),
             "mds_mb": round(mds_bytes / 1e6, 1),
-            "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+            "load_avg_1min": timer.load_avg_1min}
 
 
 def to_markdown(result: dict) -> str:
@@ -134,8 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python -m benchmarks.commoncatalog_throughput " + " ".join(
             [f"--n {args.n}", "--workers", *map(str, args.workers), "--max-side", *map(str, args.max_side)]),
         "n_images": args.n, "input_mb": round(input_bytes / 1e6, 1),
-        "environment": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                        "python": platform.python_version(), "pillow": Image.__version__},
+        "environment": cpu_environment(),
         "runs": runs,
     }
     write_result(args.out, "commoncatalog_throughput", result, to_markdown(result))
