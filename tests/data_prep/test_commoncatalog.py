@@ -2,7 +2,10 @@
 import io
 import json
 import os
+import socket
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +13,7 @@ import pytest
 import torch
 from commoncatalog_fixtures import (EXPECTED_C, LONGITUDE, PART_A, PRIVATE_MARKER, ROTATED, ROWS_A, ROWS_B, SIZES,
                                     jpeg, write_snapshot)
-from mds_inputs import run_killed
+from mds_inputs import REPO, run_killed
 from PIL import Image
 from streaming import StreamingDataset
 
@@ -186,7 +189,9 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, ingested):
     run_killed("data_prep.commoncatalog", 5, _argv(snap, out))
     before = _ledger(out)
     assert 0 < len(before) < len(ROWS_A) + len(ROWS_B)  # some parts published, the rest lost with the kill
+    published = {p.name for p in out.iterdir() if p.name.startswith("r0")}
     assert main(_argv(snap, out)) == 0
+    assert published < {p.name for p in out.iterdir() if p.name.startswith("r0")}  # kept, then added to
     assert _ledger(out) == _ledger(reference)
     resumed = {k: s[schema.IMAGE].data for k, s in iter_mds(str(out), raw=True)}
     expected = {k: s[schema.IMAGE].data for k, s in iter_mds(str(reference), raw=True)}
@@ -195,22 +200,28 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, ingested):
     assert json.loads((out / schema.MANIFEST_FILE).read_text())["counts"]["written"] == len(expected)
 
 
-def test_two_ranks_merge_to_every_row_once(tmp_path, ingested, monkeypatch):
-    """Ranks run one after the other in this process (barrier stubbed; test_shards runs the real gloo one):
-    each takes its own row groups, and rank 0's merge covers both."""
-    import data_prep.shards
-    from data_prep.commoncatalog import CatalogConfig, run_commoncatalog
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
+
+def test_two_ranks_merge_to_every_row_once(tmp_path, ingested):
+    """Two real ranks, as composer/torchrun start them (RANK, WORLD_SIZE, a gloo barrier before rank 0 merges)."""
     snap, reference = ingested
     out = tmp_path / "out"
-    monkeypatch.setattr(data_prep.shards, "barrier", lambda: None)
-    config = CatalogConfig(split="C", optout=str(snap.parent / "optout.txt"), part_size=3, workers=2, progress=False)
-    written = {rank: run_commoncatalog([str(snap)], str(out), config, rank, 2)["written"] for rank in (1, 0)}
-    assert written[0] > 0 and written[1] > 0
-    assert {n[:5] for n in os.listdir(out) if n.startswith("r0")} == {"r0000", "r0001"}
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    procs = [subprocess.Popen([sys.executable, "-m", "data_prep.commoncatalog", *_argv(snap, out)],
+                              env={**env, "PYTHONPATH": str(REPO), "RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert {n[:5] for n in os.listdir(out) if n.startswith("r0")} == {"r0000", "r0001"}  # both ranks wrote
     ds = StreamingDataset(local=str(out), shuffle=False, batch_size=1)
     keys = [ds[i]["photo_id"] for i in range(len(ds))]
-    assert len(keys) == len(set(keys)) == written[0] + written[1]
+    assert len(keys) == len(set(keys))  # every sample once
     assert set(keys) == set(dict(iter_mds(str(reference), columns=["photo_id"])))
     assert _ledger(out) == _ledger(reference)
     assert json.loads((out / schema.MANIFEST_FILE).read_text())["flags"]["world_size"] == 2
