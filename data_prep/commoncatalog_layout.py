@@ -86,8 +86,10 @@ def find_part_files(paths: list[str]) -> list[str]:
             raise LayoutError(f"{path}: no such file or folder")
         before = len(found)
         for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skips .cache/huggingface
-            found.extend(os.path.abspath(os.path.join(root, f)) for f in sorted(files) if f.endswith(".parquet"))
+            # Hidden and _-prefixed names are bookkeeping (.cache/huggingface, Spark's _SUCCESS), as Arrow treats them.
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+            found.extend(os.path.abspath(os.path.join(root, f)) for f in sorted(files)
+                         if f.endswith(".parquet") and not f.startswith((".", "_")))
         if len(found) == before:
             raise LayoutError(f"{path}: no .parquet files below it (expected a CommonCatalog snapshot folder)")
     return sorted(dict.fromkeys(found))

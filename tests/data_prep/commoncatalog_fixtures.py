@@ -114,5 +114,12 @@ def write_snapshot(root: Path, seed: int = 0, row_group_size: int = 3) -> Path:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, row_group_size=row_group_size)
+    # what huggingface-cli and Spark leave beside the parts, none of it data
+    cache = root / "commoncatalog-cc-by" / ".cache" / "huggingface" / "download"
+    cache.mkdir(parents=True)
+    (cache / "stale.parquet").write_bytes(b"not parquet")
+    (root / "commoncatalog-cc-by" / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n")
+    (root / PART_A).with_name("_SUCCESS").write_bytes(b"")
+    (root / PART_A).with_name(f".{(root / PART_A).name}.crc").write_bytes(b"crc")
     (root / "optout.txt").write_text(f"# opt-out requests\nphoto:{OPTED_OUT}\n")
     return root / "commoncatalog-cc-by"
