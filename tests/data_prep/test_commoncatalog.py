@@ -261,3 +261,20 @@ def test_latents_and_a_few_training_steps(tmp_path, ingested, models_dir):
             break
     assert steps == 3
     assert any(not torch.equal(a, b) for a, b in zip(before, model.unet.parameters()))
+
+
+def test_repeated_and_missing_photo_ids_are_keyed_by_their_place(tmp_path):
+    from data_prep.commoncatalog import row_keys
+    from data_prep.commoncatalog_layout import catalog_table, duplicate_rows, open_parts, units_of
+
+    path = tmp_path / "snap" / "7" / "least_dim_range=256-512" / "aspect_ratio_bucket=1-1" / "part-0.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(catalog_table([{"photoid": pid} for pid in (5, None, 5, 7, 5)]), path, row_group_size=2)
+    units = units_of(open_parts([str(tmp_path / "snap")]))
+    assert [(u.row_group, u.rows, u.first_row) for u in units] == [(0, 2, 0), (1, 2, 2), (2, 1, 4)]
+    assert duplicate_rows(units) == {2, 4}  # the first 5 is kept, wherever its repeats are
+    name = "snap/7/least_dim_range=256-512/aspect_ratio_bucket=1-1/part-0.parquet"
+    assert units[0].part.name == name and units[0].part.partitions == {"least_dim_range": "256-512",
+                                                                       "aspect_ratio_bucket": "1-1"}
+    keys = [k for u in units for k in row_keys(u, {2, 4})]
+    assert keys == ["5", f"{name}@rg0#1", f"{name}@rg1#0", "7", f"{name}@rg2#0"]
