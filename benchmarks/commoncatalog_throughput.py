@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks.fetch_throughput import photo_like
-from benchmarks.report import CpuTimer, cpu_environment, write_result
+from benchmarks.report import CpuTimer, cpu_environment, image_stage_figures, write_result
 from data_prep.commoncatalog import CatalogConfig, run_commoncatalog
 from data_prep.commoncatalog_layout import catalog_table
 from data_prep.images import configure_pillow
@@ -64,17 +64,9 @@ def run_once(snapshot: str, out_dir: str, workers: int, max_side: int) -> dict:
     config = CatalogConfig(split="C", max_side=max_side or None, workers=workers, progress=False)
     with CpuTimer() as timer:
         counts = run_commoncatalog([snapshot], out_dir, config, rank=0, world=1)
-    wall, cpu = timer.wall_s, timer.cpu_s
     n = counts["written"]
-    if n == 0 or wall <= 0 or cpu <= 0:
-        raise SystemExit(f"commoncatalog_throughput: nothing measurable (written {n}, skipped {counts['skipped']})")
-    mds_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs
-                    if f.endswith(".mds"))
     return {"workers": workers, "max_side": max_side or None, "images": n, "skipped": counts["skipped"],
-            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "images_per_s": round(n / wall, 2),
-            "cpu_ms_per_image": round(1000 * cpu / n, 2), "images_per_cpu_core_s": round(n / cpu, 2),
-            "mds_mb": round(mds_bytes / 1e6, 1),
-            "load_avg_1min": timer.load_avg_1min}
+            **image_stage_figures(n, timer, out_dir)}
 
 
 def to_markdown(result: dict) -> str:

@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from benchmarks.report import CpuTimer, cpu_environment, write_result
+from benchmarks.report import CpuTimer, cpu_environment, image_stage_figures, write_result
 from data_prep.fetch import FetchConfig, run_fetch
 from data_prep.images import configure_pillow
 
@@ -69,16 +69,9 @@ def run_once(metadata: str, out_dir: str, workers: int, max_side: int, resample:
     config = FetchConfig(workers=workers, max_side=max_side, resample=resample, allow_local=True, progress=False)
     with CpuTimer() as timer:
         counts = run_fetch(metadata, out_dir, config, rank=0, world=1)
-    wall, cpu = timer.wall_s, timer.cpu_s
     n = counts["written"]
-    mds_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs
-                    if f.endswith(".mds"))
     return {"workers": workers, "max_side": max_side, "resample": resample, "images": n, "skipped": counts["skipped"],
-            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "images_per_s": round(n / wall, 2),
-            "cpu_ms_per_image": round(1000 * cpu / n, 2), "images_per_cpu_core_s": round(n / cpu, 2),
-            "mds_mb": round(mds_bytes / 1e6, 1),
-            # Other work on the machine inflates wall time; CPU seconds are much less affected.
-            "load_avg_1min": timer.load_avg_1min}
+            **image_stage_figures(n, timer, out_dir)}
 
 
 def to_markdown(result: dict) -> str:
