@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.report import write_result
+from benchmarks.report import CpuTimer, cpu_environment, image_stage_figures, write_result
 from data_prep.fetch import FetchConfig, run_fetch
 from data_prep.images import configure_pillow
 
@@ -68,26 +65,13 @@ def make_inputs(folder: str, n: int, seed: int = 0) -> tuple[str, int]:
     return os.path.join(folder, "metadata.jsonl"), total
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_once(metadata: str, out_dir: str, workers: int, max_side: int, resample: str) -> dict:
     config = FetchConfig(workers=workers, max_side=max_side, resample=resample, allow_local=True, progress=False)
-    load_before = os.getloadavg()[0]
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    counts = run_fetch(metadata, out_dir, config, rank=0, world=1)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    with CpuTimer() as timer:
+        counts = run_fetch(metadata, out_dir, config, rank=0, world=1)
     n = counts["written"]
-    mds_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs
-                    if f.endswith(".mds"))
     return {"workers": workers, "max_side": max_side, "resample": resample, "images": n, "skipped": counts["skipped"],
-            "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "images_per_s": round(n / wall, 2),
-            "cpu_ms_per_image": round(1000 * cpu / n, 2), "images_per_cpu_core_s": round(n / cpu, 2),
-            "mds_mb": round(mds_bytes / 1e6, 1),
-            # Other work on the machine inflates wall time; CPU seconds are much less affected.
-            "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+            **image_stage_figures(n, timer, out_dir)}
 
 
 def to_markdown(result: dict) -> str:
@@ -148,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             [f"--n {args.n}", "--workers", *map(str, args.workers), "--max-side", *map(str, args.max_side),
              "--resample", *args.resample]),
         "n_images": args.n, "input_mb": round(input_bytes / 1e6, 1),
-        "environment": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                        "python": platform.python_version(), "pillow": Image.__version__},
+        "environment": cpu_environment(),
         "runs": runs,
     }
     write_result(args.out, "fetch_throughput", result, to_markdown(result))

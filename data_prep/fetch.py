@@ -255,9 +255,8 @@ class FetchOutput:
         """sha256 -> key of every sample in finished parts, so a resumed run still drops duplicates."""
         seen = {}
         for writer in self.writers.values():
-            for part in _finished_part_dirs(writer.out_dir):
-                for key, sample in shards.iter_mds(part, key_column=KEY, columns=["sha256"]):
-                    seen.setdefault(sample["sha256"], key)
+            for key, sample in shards.iter_finished(writer.out_dir, ["sha256"], key_column=KEY):
+                seen.setdefault(sample["sha256"], key)
         return seen
 
     def write(self, key: str, sample: dict) -> str:
@@ -272,11 +271,6 @@ class FetchOutput:
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
-
-
-def _finished_part_dirs(dataset_dir: str) -> list[str]:
-    # Each finished part carries its own MDS index.json beside its ledger, so it reads as a dataset.
-    return [path for _rank, _part, path in shards._finished_parts(dataset_dir)]
 
 
 def dataset_dirs(out_dir: str, bucketed: bool) -> list[str]:

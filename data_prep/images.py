@@ -129,9 +129,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    """Baseline JPEG bytes of an RGB image. Re-encoding also drops the source's EXIF (GPS included)."""
+    """Baseline JPEG bytes of an RGB image, with no metadata: Pillow writes EXIF (GPS included), XMP and ICC
+    only when asked, but carries a source JPEG's comment (COM) marker over unless told not to."""
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality)
+    image.save(out, "JPEG", quality=quality, comment=b"")
     return out.getvalue()
 
 

@@ -58,3 +58,8 @@ FILTERED_METADATA_COLUMNS = {
     "width": "int",
     "height": "int",
 }
+
+# commoncatalog stage (data_prep.commoncatalog): the fetch stage's columns, BLIP-2 captions already in the
+# CommonCatalog parquet, and the two Hive partition values of the part file each row came from.
+PARTITION_COLUMNS = ("least_dim_range", "aspect_ratio_bucket")
+COMMONCATALOG_COLUMNS = {**FETCH_COLUMNS, BLIP2_CAPTION: "str", **{name: "str" for name in PARTITION_COLUMNS}}

@@ -2,7 +2,7 @@
 
 API STATUS: committed and stable (issue 4, part 1). Other stages code against exactly these names:
     get_rank_world, shard_for_rank, barrier, ResumableMDSWriter (+ is_done), merge_ranks, part_counts, iter_ledger,
-    write_manifest, read_columns, count_samples, iter_mds, Encoded.
+    write_manifest, read_columns, count_samples, iter_mds, iter_finished, Encoded.
 Copying a column unchanged (e.g. the JPEG bytes; streaming would re-compress a decoded JPEG at quality 75):
     for key, sample in iter_mds(src, raw=True): writer.write(key, sample)   # values are Encoded(bytes)
 Reading only some columns (no image decode): iter_mds(src, columns=["photo_id", "license"]).
@@ -473,6 +473,16 @@ def iter_mds(in_dir: str, rank: int = 0, world: int = 1, key_column: str = DEFAU
             start = end
             if start >= hi:
                 break
+
+
+def iter_finished(out_dir: str, columns: list[str], key_column: str = DEFAULT_KEY_COLUMN,
+                  rank: int | None = None) -> Iterator[tuple[str, dict]]:
+    """(key, sample) of every finished part of a stage's out_dir (of one rank, or of all when rank is None),
+    before any merge, decoding only `columns`: how a resumed stage rebuilds state kept across rows (e.g. the
+    sha256 of images written)."""
+    for part_rank, _, path in _finished_parts(out_dir):  # each finished part has its own index.json
+        if rank is None or part_rank == rank:
+            yield from iter_mds(path, key_column=key_column, columns=columns)
 
 
 def _iter_shard(in_dir: str, tmp: str, info: dict, first: int, stop: int, key_column: str,

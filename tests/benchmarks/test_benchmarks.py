@@ -1,7 +1,10 @@
 """The benchmark scripts run their real code path on tiny settings and write consistent tables.
 
 Smoke only: CPU numbers from CI are not performance claims (see benchmarks/README.md)."""
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +60,31 @@ def test_dataloader_throughput_both_paths(tmp_path):
 def test_dataloader_throughput_bad_workers(tmp_path):
     with pytest.raises(SystemExit, match="--workers"):
         dataloader_throughput.main(["--workers", "two", "--out", str(tmp_path)])
+
+
+def _this_checkouts_benchmark(name: str, monkeypatch):
+    """benchmarks.<name> from this checkout. Under pytest the name `benchmarks` is this test folder's package,
+    whose missing submodules the editable install's finder then takes from whichever checkout was installed;
+    so, for this test only, `benchmarks` is the repo's folder again (monkeypatch restores sys.modules)."""
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("benchmarks", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    package = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(package)
+    for module in [m for m in sys.modules if m.startswith("benchmarks.")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "benchmarks", package)
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def test_commoncatalog_throughput_smoke(tmp_path, monkeypatch):
+    commoncatalog_throughput = _this_checkouts_benchmark("commoncatalog_throughput", monkeypatch)
+    result = commoncatalog_throughput.main(["--n", "6", "--workers", "1", "--max-side", "0", "512",
+                                            "--out", str(tmp_path)])
+    runs = {r["max_side"]: r for r in result["runs"]}
+    assert set(runs) == {None, 512} and all(r["images"] == 6 and not r["skipped"] for r in runs.values())
+    for r in runs.values():
+        assert r["images_per_cpu_core_s"] == pytest.approx(r["images"] / r["cpu_s"], rel=0.02)
+    assert runs[512]["mds_mb"] < runs[None]["mds_mb"]  # shrunk to a 512px short side: fewer bytes stored
+    saved = json.loads((tmp_path / "commoncatalog_throughput.json").read_text())
+    assert saved["runs"] == result["runs"] and "| 512 | 1 |" in (tmp_path / "commoncatalog_throughput.md").read_text()

@@ -144,3 +144,19 @@ def http_server():
     server = LocalServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """Tiny VAE / tokenizer / text encoder saved once (read-only), so a stage and its test load the same weights."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    from diffusion.models import tiny
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    tiny.tiny_vae().save_pretrained(root / "vae")
+    tok_dir = tiny.save_tiny_tokenizer(str(root / "tokenizer"))
+    tiny.tiny_text_encoder(len(CLIPTokenizer.from_pretrained(tok_dir))).save_pretrained(root / "text_encoder")
+    return root

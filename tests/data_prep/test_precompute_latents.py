@@ -11,7 +11,6 @@ from data_prep import schema
 from data_prep.precompute_latents import SETTINGS_FILE, main
 from data_prep.shards import iter_mds, part_counts, read_columns
 from diffusion.datasets.text_image import TextImageDataset
-from diffusion.models import tiny
 from diffusion.models.builder import build_stable_diffusion
 from diffusion.models.stable_diffusion import CAPTION_LATENTS, IMAGE, IMAGE_LATENTS
 
@@ -21,19 +20,6 @@ RESOLUTIONS = (16, 32)
 
 def _latent_side(vae, res: int) -> int:
     return res // 2 ** (len(vae.config.block_out_channels) - 1)  # the tiny VAE's layout may change
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """Tiny VAE / tokenizer / text encoder saved once, so the stage and the test load the same weights."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    tiny.tiny_vae().save_pretrained(root / "vae")
-    tok_dir = tiny.save_tiny_tokenizer(str(root / "tokenizer"))
-    from transformers import CLIPTokenizer
-
-    tiny.tiny_text_encoder(len(CLIPTokenizer.from_pretrained(tok_dir))).save_pretrained(root / "text_encoder")
-    return root
 
 
 def _argv(in_dir, out_dir, models, *extra):
