@@ -540,12 +540,14 @@ def _git_commit() -> str | None:
         return None
 
 
-def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, flags: dict) -> str:
+def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, flags: dict,
+                   fingerprint: dict | None = None) -> str:
     """Write out_dir/manifest.json (atomically) and return its path.
 
     Records the stage, its inputs (and each input folder's own manifest, so provenance chains from the
     metadata filter to the latents), counts kept/dropped per license and per reason as the stage gives
-    them, package versions, the code's git commit, the flags and the UTC time."""
+    them, package versions, the code's git commit, the flags, the UTC time and the output's fingerprint
+    (data_prep.fingerprint: what every sample was made from; the next stage chains on its digest)."""
     os.makedirs(out_dir, exist_ok=True)
     input_manifests = {}
     for path in inputs:
@@ -564,6 +566,8 @@ def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, fl
         "git_commit": _git_commit(),
         "input_manifests": input_manifests,
     }
+    if fingerprint is not None:
+        manifest["fingerprint"] = fingerprint
     path = os.path.join(out_dir, MANIFEST_FILE)
     write_json_atomic(path, manifest, default=str)
     return path
