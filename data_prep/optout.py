@@ -149,8 +149,9 @@ class OptOutList:
         if _looks_like_url(text) or kind == "url":
             target = self._resolve_url(text)
             if kind in ("photo", "author") and target[0] != kind:
-                raise Unresolvable(f"a {target[0]} in the {kind} column: put it under "
-                                   f"{'photo_id' if target[0] == 'photo' else 'author_id' if target[0] == 'author' else 'url'}")
+                what = {"photo": "a photo URL", "author": "an author URL", "url": "a non-Flickr URL"}[target[0]]
+                column = {"photo": "photo_id", "author": "author_id", "url": "url"}[target[0]]
+                raise Unresolvable(f"{what} given as {kind}: put it under {column} (a value in the wrong column)")
             return target
         if _SCIENTIFIC_RE.match(text):
             raise Unresolvable("a number in scientific notation (a spreadsheet rounded the id?): write every digit")

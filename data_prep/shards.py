@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -521,6 +522,7 @@ def _split_sample(reader: Any, data: bytes) -> dict[str, Encoded]:
 
 
 # ---------------------------------------------------------------------------------------------- manifest
+@functools.lru_cache(maxsize=1)  # reading package metadata costs ~0.1 s; installed versions do not change mid-run
 def _package_versions() -> dict[str, str | None]:
     versions = {}
     for name in MANIFEST_PACKAGES:
@@ -561,7 +563,7 @@ def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, fl
         "inputs": list(inputs),
         "counts": counts,
         "flags": flags,
-        "package_versions": _package_versions(),
+        "package_versions": dict(_package_versions()),
         "python": sys.version.split()[0],
         "git_commit": _git_commit(),
         "input_manifests": input_manifests,
