@@ -155,8 +155,8 @@ def prepare_output(out_dir: str, record: dict, *, overwrite: bool = False, rank:
                    extra_patterns: tuple[str, ...] = ()) -> None:
     """Check out_dir against `record` before any work, and record it there.
 
-    Same digest: resume. Other digest, or finished work with no fingerprint: FingerprintMismatch naming what
-    differs, unless overwrite (rank 0 clears the stage's outputs first; other ranks wait for it when world > 1).
+    Same digest: resume. Other digest with work in out_dir, or work with no fingerprint: FingerprintMismatch
+    naming what differs, unless overwrite (rank 0 clears the stage's outputs first; other ranks wait for it when world > 1).
     extra_patterns: glob patterns of the stage's own output names beyond data_prep.shards' layout."""
     path = os.path.join(out_dir, RECORD_FILE)
     if overwrite:
@@ -179,6 +179,9 @@ def prepare_output(out_dir: str, record: dict, *, overwrite: bool = False, rank:
         write_json_atomic(path, record, tmp_suffix=f".tmp{rank}")  # every rank writes the same record
         return
     if recorded.get("digest") != record["digest"]:
+        if not _existing_work(out_dir, extra_patterns):  # e.g. a run that failed on a mistyped flag: nothing to keep
+            write_json_atomic(path, record, tmp_suffix=f".tmp{rank}")
+            return
         raise FingerprintMismatch(
             f"{out_dir} was made from other inputs ({_what_differs(recorded, record)} differ; see {path}): "
             f"use a new output folder, or --overwrite to start over")
