@@ -11,7 +11,11 @@ Output: <out>/photos/*.parquet (schema.FILTERED_METADATA_COLUMNS; read with meta
 <out>/manifest.json with counts kept/dropped per license and per reason.
 
 Resumable: input rows are processed in chunks of --chunk-rows; each chunk is published atomically as one
-parquet file carrying its own counts, so a re-run skips finished chunks (same inputs and flags required).
+parquet file carrying its own counts, so a re-run skips finished chunks. <out>/fingerprint.json (data_prep.
+fingerprint: the inputs' sha256, the opt-out list's and the flags) is checked first: a re-run with another
+input, list or flags is refused in one line (--overwrite starts over). A truncated or corrupt compressed input
+stops with one line naming the file and the last row read (exit 2); finished chunks stay.
+Opt-out entries that resolve to nothing stop the run before any row is read (see data_prep.optout).
 Dedupe keeps one Python set of kept photo ids (about 60 bytes each: ~1.5 GB for YFCC100M's 25M CC-BY/BY-SA).
 """
 

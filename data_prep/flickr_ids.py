@@ -40,6 +40,8 @@ class Unresolvable(ValueError):
 
 def canonical_photo_id(value) -> int | None:
     """The photo id as an int ("02868456581", "2868456581.0", 2868456581), or None if it is not one."""
+    if type(value) is str and value.isdigit() and value.isascii():  # the common case, once per metadata row
+        return int(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -118,10 +118,34 @@ def load_alias_map(path: str) -> tuple[dict[str, str], str]:
     return aliases, hashlib.sha256(data).hexdigest()
 
 
+class _CanonicalSet(set):
+    """A set of canonical keys whose `in` and `add` canonicalise their argument first, so a caller asking with
+    the row's own spelling (the string "02868456581", an int64, "12345678@n00") cannot silently miss."""
+
+    canonical = staticmethod(lambda value: value)
+
+    def __contains__(self, value) -> bool:
+        return super().__contains__(self.canonical(value))
+
+    def add(self, value) -> None:
+        key = self.canonical(value)
+        if key is None:
+            raise ValueError(f"{value!r} is not a valid key for {type(self).__name__}")
+        super().add(key)
+
+
+class PhotoIds(_CanonicalSet):
+    canonical = staticmethod(canonical_photo_id)
+
+
+class AuthorIds(_CanonicalSet):
+    canonical = staticmethod(canonical_nsid)
+
+
 @dataclass
 class OptOutList:
-    photo_ids: set[int] = field(default_factory=set)  # canonical integers
-    author_ids: set[str] = field(default_factory=set)  # NSIDs as canonical_nsid spells them (12345678@N00)
+    photo_ids: PhotoIds = field(default_factory=PhotoIds)  # canonical integers (`in` accepts any spelling)
+    author_ids: AuthorIds = field(default_factory=AuthorIds)  # NSIDs as canonical_nsid spells them (12345678@N00)
     urls: set[str] = field(default_factory=set)  # normalize_url forms of non-Flickr URLs (exact match)
     aliases: dict[str, str] = field(default_factory=dict)  # lower-case alias -> NSID (--alias-map)
     source: str = ""
@@ -197,16 +221,16 @@ class OptOutList:
     def match(self, photo_id="", author_id="", page_url: str = "", download_url: str = "") -> str | None:
         """Which field opts this photo out ("photo_id", "author_id", "page_url", "download_url"), or None.
         Photo ids and NSIDs are compared canonically, also as read from the row's Flickr page/download URL."""
-        if photo_id not in ("", None) and canonical_photo_id(photo_id) in self.photo_ids:
+        if photo_id not in ("", None) and photo_id in self.photo_ids:
             return "photo_id"
-        if author_id and canonical_nsid(author_id) in self.author_ids:
+        if author_id and author_id in self.author_ids:
             return "author_id"
         page = _ROW_PAGE_RE.search(page_url) if page_url else None
         if page:
             if int(page.group(2)) in self.photo_ids:
                 return "page_url"
             user = urllib.parse.unquote(page.group(1))
-            if (canonical_nsid(user) or self.aliases.get(user.lower())) in self.author_ids:
+            if user in self.author_ids or self.aliases.get(user.lower()) in self.author_ids:
                 return "author_id"
         static = _ROW_STATIC_RE.search(download_url) if download_url else None
         if static and int(static.group(1)) in self.photo_ids:
