@@ -71,15 +71,25 @@ def upstream_fingerprint(folder: str) -> dict | None:
     return record if isinstance(record, dict) and "digest" in record else None
 
 
+def _is_bucket_of(parent: str, name: str) -> bool:
+    manifest = read_settings(os.path.join(parent, MANIFEST_FILE))
+    counts = manifest.get("counts") if isinstance(manifest, dict) else None
+    return isinstance(counts, dict) and name in (counts.get("written_per_bucket") or {})
+
+
 def input_record(path: str) -> dict:
     """What the fingerprint keeps of one input: a file's sha256; for a folder its upstream stage's
-    fingerprint digest (plus the sha256 of its index.json, which changes when the samples do), or failing
-    that the sha256 of every file in it."""
+    fingerprint digest (its own manifest's, or for a resolution bucket of a fetch output the fetch manifest's)
+    plus the sha256 of its index.json (which changes when the samples do), or failing that the sha256 of
+    every file in it."""
     if os.path.isfile(path):
         return {"path": os.path.abspath(path), "sha256": file_sha256(path)}
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
     upstream = upstream_fingerprint(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if upstream is None and _is_bucket_of(parent, os.path.basename(os.path.abspath(path))):
+        upstream = upstream_fingerprint(parent)  # fetch --bucket-by-resolution: one manifest for every bucket
     if upstream is None:
         return {"path": os.path.abspath(path), "sha256": _folder_sha256(path)}
     index = os.path.join(path, "index.json")

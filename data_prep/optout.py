@@ -415,7 +415,7 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.optout", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards_in", metavar="SHARDS_IN", help="merged MDS folder to filter")
     p.add_argument("shards_out", metavar="SHARDS_OUT", help="new MDS folder (resumable: re-run to continue)")
     add_optout_args(p, "--list", required=True)

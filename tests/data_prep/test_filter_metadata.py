@@ -186,6 +186,25 @@ def test_optout_list_in_filter(tmp_path):
     assert counts["dropped"]["opted_out"] == 2
 
 
+def test_unresolvable_optout_entry_stops_the_filter_or_is_a_reported_skip(tmp_path, capsys):
+    write_tsv(tmp_path / "y.tsv", sample_rows())
+    (tmp_path / "optout.txt").write_text("photo:1\nauthor:janedoe  # an alias\n")
+    argv = [str(tmp_path / "y.tsv"), "--out", str(tmp_path / "out"), "--split", "C", "--optout",
+            str(tmp_path / "optout.txt")]
+    assert filter_metadata.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "optout.txt: line 2: 'janedoe'" in err, err
+    assert not (tmp_path / "out").exists()  # refused before any row was read
+    assert filter_metadata.main(argv + ["--skip-unresolvable"]) == 0
+    assert "skipped 1 unresolvable opt-out entries" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["optout"]["skipped_entries"][0]["line"] == 2
+    assert manifest["counts"]["dropped"]["opted_out"] == 2 and "1" not in _kept(tmp_path / "out")  # photo 1 twice
+    (tmp_path / "aliases.txt").write_text("janedoe 12345678@N00\n")
+    rc = filter_metadata.main(argv + ["--alias-map", str(tmp_path / "aliases.txt"), "--overwrite"])
+    assert rc == 0 and _kept(tmp_path / "out") == ["12"]  # every photo of 12345678@N00 removed
+
+
 def test_resume_after_a_crash_gives_the_same_output(tmp_path, monkeypatch):
     rows = [yfcc_row(i, "by" if i % 3 else "by-nc") for i in range(1, 40)] + [yfcc_row(5)]  # one duplicate
     write_tsv(tmp_path / "y.tsv", rows, MALFORMED[:1])

@@ -62,3 +62,13 @@ def test_work_without_a_fingerprint_is_refused(tmp_path):
     other = tmp_path / "other"
     for rank in (1, 0):
         prepare_output(str(other), make("s", [], {}), rank=rank)
+
+
+def test_a_resolution_bucket_chains_on_the_fetch_manifest(tmp_path):
+    fetch_out = tmp_path / "images"
+    (fetch_out / "short_512_up").mkdir(parents=True)
+    (fetch_out / "short_512_up" / "index.json").write_text('{"shards": []}')
+    (fetch_out / "manifest.json").write_text(json.dumps({"fingerprint": {"stage": "fetch", "digest": "f1"},
+                                                         "counts": {"written_per_bucket": {"short_512_up": 3}}}))
+    record = fingerprint.input_record(str(fetch_out / "short_512_up"))
+    assert record["upstream_fingerprint"] == "f1" and record["index_sha256"]
