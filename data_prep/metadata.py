@@ -291,20 +291,30 @@ def read_parquet(path: str, start_row: int = 0, url_decode: bool = False,
 FORMATS = ("tsv", "sqlite", "parquet")
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def detect_format(path: str) -> str:
+    """By content for SQLite (its header; YFCC100M's is named yfcc100m_dataset.sql), else by extension."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC:
+                return "sqlite"
+    except OSError:
+        pass  # a missing file is reported by the reader
     name = path.lower()
     for ext in (".bz2", ".gz", ".xz"):
         name = name.removesuffix(ext)
     if name.endswith(".parquet"):
         return "parquet"
-    if name.endswith((".sqlite", ".sqlite3", ".db")):
+    if name.endswith((".sqlite", ".sqlite3", ".db", ".sql")):
         return "sqlite"
     return "tsv"  # YFCC100M's dump has no extension ("yfcc100m_dataset")
 
 
 def read_metadata(path: str, fmt: str = "auto", start_row: int = 0, url_decode: bool | None = None,
                   sqlite_table: str = YFCC_SQLITE_TABLE) -> Iterator[tuple[int, PhotoRecord | MalformedRow]]:
-    """Dispatch on format ("auto" guesses from the extension). url_decode defaults to True for YFCC's
+    """Dispatch on format ("auto": see detect_format). url_decode defaults to True for YFCC's
     TSV and SQLite, False for parquet."""
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "tsv":

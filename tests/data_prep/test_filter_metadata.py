@@ -87,7 +87,7 @@ def test_the_three_yfcc_layouts_give_the_same_rows(tmp_path):
     paths = _write_three_layouts(tmp_path, rows)
     outputs = []
     for i, path in enumerate(paths):
-        run_filter([str(path)], str(tmp_path / f"out{i}"), "C", fmt="sqlite" if i == 2 else "auto", progress=False)
+        run_filter([str(path)], str(tmp_path / f"out{i}"), "C", progress=False)  # .sql: SQLite told by its header
         outputs.append(list(iter_filtered(str(tmp_path / f"out{i}"))))
     assert [r["photo_id"] for r in outputs[0]] == ["1", "2", "12", "14"]
     assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
@@ -99,7 +99,7 @@ def test_real_format_lines_in_every_layout(tmp_path):
     rows = [line.split("\t") for line in REAL_23]
     paths = _write_three_layouts(tmp_path, rows)
     for i, path in enumerate(paths):
-        items = [item for _, item in read_metadata(str(path), "sqlite" if i == 2 else "auto")]
+        items = [item for _, item in read_metadata(str(path))]
         assert [type(item) for item in items] == [PhotoRecord] * 4, items
         assert [item.photo_id for item in items] == ["6985418911", "2868456581", "3420312154", "5216712046"]
         first = items[0]
