@@ -33,6 +33,7 @@ from data_prep.schema import MANIFEST_FILE
 
 RECORD_FILE = "fingerprint.json"
 _CHUNK = 1 << 20
+_BIG_FILE = 256 << 20  # show hashing progress above this size
 # What a resumable stage leaves in its output folder (data_prep.shards' layout); removed by --overwrite.
 _STAGE_OUTPUT_PATTERNS = ("r[0-9][0-9][0-9][0-9]*_p[0-9][0-9][0-9][0-9][0-9]*", "_tmp_*", ".lock_r*", "index.json",
                           MANIFEST_FILE, RECORD_FILE, RECORD_FILE + ".tmp*")
@@ -43,10 +44,17 @@ class FingerprintMismatch(ValueError):
 
 
 def file_sha256(path: str) -> str:
+    """sha256 of a file, read in 1 MiB chunks; a progress bar for big ones (YFCC100M's bz2 is ~15 GB: about a
+    minute at disk speed, once per run)."""
+    from tqdm import tqdm
+
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {os.path.basename(path)}",
+                                     disable=None if size > _BIG_FILE else True) as bar:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
+            bar.update(len(chunk))
     return digest.hexdigest()
 
 

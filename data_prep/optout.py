@@ -58,8 +58,10 @@ _LINE_COMMENT_RE = re.compile(r"(?:^|\s)#.*$", re.S)  # whole-line or trailing c
 _CELL_COMMENT_RE = re.compile(r"\s+#.*$", re.S)  # trailing comment inside a CSV cell (a leading # is data)
 _SCIENTIFIC_RE = re.compile(r"^\d+(\.\d+)?[eE][+-]?\d+$")
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_ROW_PAGE_RE = re.compile(r"flickr\.com/photos/([^/?#]+)/(\d+)", re.I)
-_ROW_STATIC_RE = re.compile(r"/(\d+)_[0-9a-f]+(?:_[0-9a-z]+)*\.[a-z0-9]+(?:[?#].*)?$", re.I)
+# A metadata row's own Flickr page / static download URL (cheap: run on every row the filter keeps).
+_ROW_PAGE_RE = re.compile(r"(?:^|[/.])flickr\.com/photos/([^/?#]+)/(\d+)", re.I)
+_ROW_STATIC_RE = re.compile(r"(?:^|[/.])(?:static\.?flickr\.com)/(?:[^?#]*/)?(\d+)_[0-9a-f]+(?:_[0-9a-z]+)*"
+                            r"\.[a-z0-9]+(?:[?#].*)?$", re.I)
 
 
 class OptOutListError(ValueError):
