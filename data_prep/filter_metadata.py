@@ -4,7 +4,8 @@
 
 Each row is kept or dropped for exactly one reason, checked in this order:
   malformed (or --strict: stop with file and row) -> video -> license (not in the split; UNKNOWN rows are
-  split by why: missing / unrecognised / conflict) -> no_download_url -> no_page_url -> too_small (only when
+  split by why: license_missing / _unrecognised / _conflict / _unrecognised_url (a creativecommons.org URL
+  that is no known license) / _non_cc_url (a filled URL field that is no CC license URL)) -> no_download_url -> no_page_url -> too_small (only when
   the source gives a size; otherwise the fetch stage checks after download) -> opted_out -> duplicate
   (a photo id already kept).
 Output: <out>/photos/*.parquet (schema.FILTERED_METADATA_COLUMNS; read with metadata.iter_filtered) and

@@ -57,6 +57,20 @@ def test_filter_tsv_counts_every_reason(tmp_path):
                    "height": None}
 
 
+def test_unverifiable_license_urls_are_dropped_with_their_own_reason(tmp_path):
+    """Issue 10 defect 2 / issue 16 defect 4: the name decided when the URL field was filled but unverifiable."""
+    rows = [yfcc_row(40, "by", license_url="https://www.example.com/licenses/by/2.0/"),
+            yfcc_row(41, "by", license_url="see+flickr"),
+            yfcc_row(42, "by", license_name="Attribution", license_url="https://creativecommons.org/licenses/nc/1.0/"),
+            yfcc_row(43, "by", license_url="https://creativecommons.org/licenses/by-nd/3.0/igo/"),
+            yfcc_row(44, "by", license_url=""),  # empty URL: the name decides
+            yfcc_row(45, "by-sa")]
+    write_tsv(tmp_path / "y.tsv", rows)
+    counts = run_filter([str(tmp_path / "y.tsv")], str(tmp_path / "out"), "NC", progress=False)
+    assert sorted(_kept(tmp_path / "out")) == ["44", "45"]
+    assert counts["dropped"] == {"license_non_cc_url": 2, "license_unrecognised_url": 2}
+
+
 def test_nc_split_and_public_domain_flag(tmp_path):
     path = tmp_path / "yfcc.tsv"
     rows = sample_rows() + [yfcc_row(20, license_name="Public Domain Dedication (CC0)",
