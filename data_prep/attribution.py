@@ -3,8 +3,11 @@
     python -m data_prep.attribution SHARDS [SHARDS ...] --out DIR
 
 writes DIR/ATTRIBUTION.tsv (one row per image: photo_id, title, author_name, author_id, page_url, license,
-license_name, license_url), DIR/ATTRIBUTION.md (the same as "Title by Author, license" lines in the
-TASL form Creative Commons recommends, with counts per license at the top) and DIR/attribution_counts.json.
+license_name, license_url as the metadata gave them, then notice_license and notice_license_url: the license
+in words and its canonical deed URL, e.g. "CC BY-SA 2.0" https://creativecommons.org/licenses/by-sa/2.0/,
+decoded by data_prep.licenses.license_notice from whichever of URL / name the row carries), DIR/ATTRIBUTION.md
+(the same as "Title by Author, license" lines in the TASL form Creative Commons recommends, the license named
+in words and linked to its deed, with counts per license at the top) and DIR/attribution_counts.json.
 An image present in several shard folders (e.g. two latent resolutions of one dataset) is listed once.
 The export step calls write_attribution(shard_dirs, out_dir).
 """
@@ -17,10 +20,14 @@ import os
 import re
 import sys
 
+from data_prep.licenses import license_notice
+
 TSV_FILE = "ATTRIBUTION.tsv"
 MARKDOWN_FILE = "ATTRIBUTION.md"
 COUNTS_FILE = "attribution_counts.json"
-TSV_COLUMNS = ("photo_id", "title", "author_name", "author_id", "page_url", "license", "license_name", "license_url")
+TSV_COLUMNS = ("photo_id", "title", "author_name", "author_id", "page_url", "license", "license_name", "license_url",
+               "notice_license", "notice_license_url")
+SHARD_COLUMNS = TSV_COLUMNS[:8]
 REQUIRED_COLUMNS = ("photo_id", "title", "author_name", "page_url", "license", "license_url")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")  # specials inside a line (we never start one)
 
@@ -42,8 +49,8 @@ def _markdown_line(row: dict) -> str:
     title = _md_text(row["title"]) or "Untitled"
     author = _md_text(row["author_name"]) or "unknown author"
     source = f"[{title}]({_md_url(row['page_url'])})" if row["page_url"] else title
-    lic_label = _md_text(row.get("license_name") or row["license"])
-    lic = f"[{lic_label}]({_md_url(row['license_url'])})" if row["license_url"] else lic_label
+    lic_label = _md_text(row["notice_license"] or row["license"])
+    lic = f"[{lic_label}]({_md_url(row['notice_license_url'])})" if row["notice_license_url"] else lic_label
     return f"- {source} by {author}, {lic}"
 
 
@@ -62,9 +69,9 @@ def write_attribution(shard_dirs: list[str], out_dir: str, progress: bool = True
         missing = [c for c in REQUIRED_COLUMNS if c not in available]
         if missing:
             raise ValueError(f"{shard_dir}: shards lack attribution column(s) {missing}")
-        columns_of[shard_dir] = [c for c in TSV_COLUMNS if c in available]
+        columns_of[shard_dir] = [c for c in SHARD_COLUMNS if c in available]
     counts = {"images": 0, "per_license": {}, "duplicates_skipped": 0, "missing_author": 0, "missing_page_url": 0,
-              "shards": list(shard_dirs)}
+              "missing_license_link": 0, "shards": list(shard_dirs)}
     seen: set[str] = set()
     tsv_tmp, body_tmp = os.path.join(out_dir, TSV_FILE + ".tmp"), os.path.join(out_dir, MARKDOWN_FILE + ".body.tmp")
     with open(tsv_tmp, "w", encoding="utf-8") as tsv, open(body_tmp, "w", encoding="utf-8") as body:
@@ -77,13 +84,16 @@ def write_attribution(shard_dirs: list[str], out_dir: str, progress: bool = True
                     counts["duplicates_skipped"] += 1
                     continue
                 seen.add(key)
-                row = {c: row.get(c, "") for c in TSV_COLUMNS}
+                row = {c: row.get(c, "") for c in SHARD_COLUMNS}
+                row["notice_license"], row["notice_license_url"] = license_notice(
+                    row["license_url"], row["license_name"], row["license"] or None)
                 tsv.write("\t".join(_one_line(row[c]) for c in TSV_COLUMNS) + "\n")
                 body.write(_markdown_line(row) + "\n")
                 counts["images"] += 1
                 counts["per_license"][row["license"]] = counts["per_license"].get(row["license"], 0) + 1
                 counts["missing_author"] += not _one_line(row["author_name"])
                 counts["missing_page_url"] += not _one_line(row["page_url"])
+                counts["missing_license_link"] += not row["notice_license_url"]
     md_tmp = os.path.join(out_dir, MARKDOWN_FILE + ".tmp")
     with open(md_tmp, "w", encoding="utf-8") as md, open(body_tmp, encoding="utf-8") as body:
         md.write("# Image attribution\n\n")

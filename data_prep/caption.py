@@ -11,7 +11,8 @@ special tokens removed, whitespace stripped. Decoding is greedy with --num-beams
 The model and processor load with transformers' Blip2ForConditionalGeneration / Blip2Processor from a
 hub name or a local folder. On GPU it runs in --dtype (bf16 default); on CPU always in fp32.
 Rank-sharded (RANK/WORLD_SIZE, one GPU per rank via LOCAL_RANK) and resumable: re-run the same command
-after any interruption. Images that cannot be decoded are skipped with reason `undecodable_image`.
+after any interruption; OUT_DIR is fingerprinted (input, model and decoding settings) and a re-run with
+others is refused (--overwrite starts over). Images that cannot be decoded are skipped (`undecodable_image`).
 """
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ import torch
 
 from data_prep import schema
 from data_prep.shards import get_rank_world, read_columns
-from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, run_batched_stage,
-                                  run_stage_cli)
+from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, prepare_stage_output,
+                                  run_batched_stage, run_stage_cli)
 
 log = logging.getLogger(__name__)
 
 STAGE = "caption"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Settings that decide the captions (a resume may change batch size, workers, device).
+FINGERPRINT_FLAGS = ("model", "dtype", "max_new_tokens", "num_beams", "prompt")
 
 
 def strip_prompt(generated: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -126,6 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     in_columns = read_columns(args.in_dir)
     check_input(args.in_dir, in_columns)
     columns = {**in_columns, schema.BLIP2_CAPTION: "str"}
+    record = prepare_stage_output(STAGE, args, {k: getattr(args, k) for k in FINGERPRINT_FLAGS}, rank, world)
     device = torch.device(args.device) if args.device else default_device()
     captioner = Blip2Captioner(args.model, device, TORCH_DTYPES[args.dtype], args.max_new_tokens,
                                args.num_beams, args.prompt)
@@ -155,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
     stats = run_batched_stage(STAGE, args.in_dir, args.out_dir, columns, flush, rank=rank, world=world,
                               batch_size=args.batch_size, part_size=args.part_size, workers=args.workers,
                               progress_desc=f"caption rank {rank}", show_progress=not args.no_progress,
-                              manifest_flags=manifest_flags)
+                              manifest_flags=manifest_flags, fingerprint_record=record)
     return {**stats, **empty_captions}
 
 

@@ -19,6 +19,8 @@ Layout of OUT_DIR:
 
 Ranks (RANK/WORLD_SIZE, or torch.distributed) each fetch their contiguous share of the rows; a re-run
 skips every row any rank already finished (data_prep.shards), so a killed run is simply started again.
+OUT_DIR is fingerprinted (data_prep.fingerprint: the metadata's content or its filter run's fingerprint, and
+the flags that decide the images): a re-run with other metadata or flags is refused; --overwrite starts over.
 Duplicate images (same sha256 of the downloaded bytes) are dropped within a rank's run and against
 everything finished before it started; two ranks fetching the same bytes in one run both keep theirs.
 Local files: with --allow-local, ``download_url`` may be a path (relative paths resolve against the
@@ -38,7 +40,7 @@ from dataclasses import asdict, dataclass
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep import shards
+from data_prep import fingerprint, shards
 from data_prep.download import DownloadConfig, Downloader, map_unordered
 from data_prep.images import DEFAULT_MAX_PIXELS, ImageConfig, ImageSkip, configure_pillow, encode_jpeg, process_image
 from data_prep.schema import ATTRIBUTION_COLUMNS, FETCH_COLUMNS, FILTERED_METADATA_DIR, IMAGE
@@ -313,6 +315,18 @@ class FetchConfig:
     size_limit: str = "256mb"
     limit: int | None = None  # only the first N rows of this rank's share (smoke runs)
     progress: bool = True
+    overwrite: bool = False  # start OUT_DIR over when it was made from other metadata or flags
+
+
+# The flags that decide what OUT_DIR holds; workers, timeouts, retries, part size, --limit only decide how fast
+# or how much of it is done, so a resume may change them.
+FINGERPRINT_FLAGS = ("max_side", "min_side", "max_pixels", "jpeg_quality", "resample", "max_bytes", "allow_local",
+                     "bucket_edges")
+
+
+def fingerprint_record(metadata: str, config: FetchConfig) -> dict:
+    flags = {name: getattr(config, name) for name in FINGERPRINT_FLAGS}
+    return fingerprint.make(STAGE, [metadata], flags)
 
 
 def run_fetch(metadata: str, out_dir: str, config: FetchConfig, rank: int | None = None,
@@ -333,6 +347,13 @@ def run_fetch(metadata: str, out_dir: str, config: FetchConfig, rank: int | None
     local_root = os.path.dirname(os.path.abspath(metadata)) if config.allow_local else None
     worker = FetchWorker(downloader, image_config, config.jpeg_quality, local_root)
 
+    record = fingerprint_record(metadata, config)
+    try:  # a re-run with re-filtered metadata (a photo opted out since) must not keep what it now excludes
+        fingerprint.prepare_output(out_dir, record, overwrite=config.overwrite, rank=rank, world=world,
+                                   extra_patterns=("short_*", DROPPED_DIR))
+    except fingerprint.FingerprintMismatch as exc:
+        raise FetchInputError(f"{exc} (to drop newly opted-out photos from finished shards, run "
+                              f"python -m data_prep.optout instead)") from exc
     try:
         output = FetchOutput(out_dir, rank, config.bucket_edges, dict(
             part_size=config.part_size, compression=config.compression, size_limit=config.size_limit))
@@ -370,11 +391,11 @@ def run_fetch(metadata: str, out_dir: str, config: FetchConfig, rank: int | None
 
     shards.barrier()
     if rank == 0:
-        finalize(metadata, out_dir, config)
+        finalize(metadata, out_dir, config, record)
     return rank_counts
 
 
-def finalize(metadata: str, out_dir: str, config: FetchConfig) -> str:
+def finalize(metadata: str, out_dir: str, config: FetchConfig, record: dict | None = None) -> str:
     """Merge every rank's parts into index.json (per bucket when bucketed) and write manifest.json."""
     bucketed = config.bucket_edges is not None
     per_dataset = {}
@@ -384,8 +405,10 @@ def finalize(metadata: str, out_dir: str, config: FetchConfig) -> str:
     counts = add_counts([shards.part_counts(d) for d in counted])
     if bucketed:
         counts["written_per_bucket"] = per_dataset
-    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "progress"}
-    return shards.write_manifest(out_dir, STAGE, [metadata], counts, flags)
+    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
+             if k not in ("progress", "overwrite")}
+    return shards.write_manifest(out_dir, STAGE, [metadata], counts, flags,
+                                 fingerprint=record if record is not None else fingerprint.read(out_dir))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -440,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", default=None, help="MDS shard compression (JPEGs gain nothing from it)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each rank's share")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start OUT_DIR over when it was made from other metadata or flags (else refused)")
     return p
 
 
@@ -450,7 +475,8 @@ def config_from_args(args: argparse.Namespace) -> FetchConfig:
         connect_timeout=args.connect_timeout, retries=args.retries,
         backoff=args.backoff, max_bytes=args.max_bytes, allow_local=args.allow_local,
         bucket_edges=args.bucket_edges if args.bucket_by_resolution else None, part_size=args.part_size,
-        compression=args.compression, size_limit=args.size_limit, limit=args.limit, progress=not args.no_progress)
+        compression=args.compression, size_limit=args.size_limit, limit=args.limit, progress=not args.no_progress,
+        overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

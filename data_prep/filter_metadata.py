@@ -4,14 +4,19 @@
 
 Each row is kept or dropped for exactly one reason, checked in this order:
   malformed (or --strict: stop with file and row) -> video -> license (not in the split; UNKNOWN rows are
-  split by why: missing / unrecognised / conflict) -> no_download_url -> no_page_url -> too_small (only when
+  split by why: license_missing / _unrecognised / _conflict / _unrecognised_url (a creativecommons.org URL
+  that is no known license) / _non_cc_url (a filled URL field that is no CC license URL)) -> no_download_url -> no_page_url -> too_small (only when
   the source gives a size; otherwise the fetch stage checks after download) -> opted_out -> duplicate
   (a photo id already kept).
 Output: <out>/photos/*.parquet (schema.FILTERED_METADATA_COLUMNS; read with metadata.iter_filtered) and
 <out>/manifest.json with counts kept/dropped per license and per reason.
 
 Resumable: input rows are processed in chunks of --chunk-rows; each chunk is published atomically as one
-parquet file carrying its own counts, so a re-run skips finished chunks (same inputs and flags required).
+parquet file carrying its own counts, so a re-run skips finished chunks. <out>/fingerprint.json (data_prep.
+fingerprint: the inputs' sha256, the opt-out list's and the flags) is checked first: a re-run with another
+input, list or flags is refused in one line (--overwrite starts over). A truncated or corrupt compressed input
+stops with one line naming the file and the last row read (exit 2); finished chunks stay.
+Opt-out entries that resolve to nothing stop the run before any row is read (see data_prep.optout).
 Dedupe keeps one Python set of kept photo ids (about 60 bytes each: ~1.5 GB for YFCC100M's 25M CC-BY/BY-SA).
 """
 
@@ -26,10 +31,11 @@ import sys
 from data_prep.licenses import License, classify_license, split_licenses
 from data_prep.metadata import (FORMATS, YFCC_SQLITE_TABLE, MalformedRow, MetadataError, PhotoRecord,
                                 read_metadata)
-from data_prep.optout import OptOutList, OptOutListError
+from data_prep import fingerprint
+from data_prep.optout import OptOutList, OptOutListError, add_optout_args
 from data_prep.schema import FILTERED_METADATA_COLUMNS, FILTERED_METADATA_DIR
 
-STATE_FILE = "filter_state.json"
+LEGACY_STATE_FILE = "filter_state.json"  # before data_prep.fingerprint
 COUNTS_METADATA_KEY = b"data_prep.filter_counts"
 _PART_RE = re.compile(r"^part-(\d{3})-(\d{6})\.parquet$")
 MAX_MALFORMED_EXAMPLES = 20
@@ -149,19 +155,14 @@ def _finished_parts(folder: str) -> dict[tuple[int, int], str]:
     return found
 
 
-def _fingerprint(inputs: list[str], flags: dict, optout: OptOutList | None) -> dict:
-    files = []
-    for path in inputs:
-        st = os.stat(path)
-        files.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return {"inputs": files, "flags": flags, "optout_sha256": optout.sha256 if optout else None}
-
-
 def run_filter(inputs: list[str], out_dir: str, split: str, *, fmt: str = "auto", include_public_domain: bool = False,
                min_width: int = 0, min_height: int = 0, dedupe: bool = True, optout_path: str | None = None,
                strict: bool = False, url_decode: bool | None = None, sqlite_table: str = YFCC_SQLITE_TABLE,
-               chunk_rows: int = 1_000_000, overwrite: bool = False, progress: bool = True) -> dict:
-    """Filter `inputs` into out_dir (resumable). Returns the total counts (also in manifest.json)."""
+               chunk_rows: int = 1_000_000, overwrite: bool = False, progress: bool = True,
+               alias_map: str | None = None, skip_unresolvable: bool = False) -> dict:
+    """Filter `inputs` into out_dir (resumable). Returns the total counts (also in manifest.json).
+    out_dir is fingerprinted (input files' sha256, opt-out list, flags): continuing it with other inputs raises
+    FingerprintMismatch unless overwrite, which starts over."""
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
@@ -170,25 +171,15 @@ def run_filter(inputs: list[str], out_dir: str, split: str, *, fmt: str = "auto"
     for path in inputs:
         if not os.path.isfile(path):
             raise MetadataError(f"{path}: no such file")
-    optout = OptOutList.load(optout_path) if optout_path else None
+    optout = OptOutList.load(optout_path, alias_map, skip_unresolvable) if optout_path else None
     flags = {"split": split.upper(), "format": fmt, "include_public_domain": include_public_domain,
-             "min_width": min_width, "min_height": min_height, "dedupe": dedupe, "optout": optout_path,
-             "strict": strict, "url_decode": url_decode, "sqlite_table": sqlite_table, "chunk_rows": chunk_rows}
+             "min_width": min_width, "min_height": min_height, "dedupe": dedupe, "strict": strict,
+             "url_decode": url_decode, "sqlite_table": sqlite_table, "chunk_rows": chunk_rows}
     folder = os.path.join(out_dir, FILTERED_METADATA_DIR)
+    record = fingerprint.make("filter_metadata", inputs, flags, optout=optout)
+    fingerprint.prepare_output(out_dir, record, overwrite=overwrite,
+                               extra_patterns=(FILTERED_METADATA_DIR, LEGACY_STATE_FILE))
     os.makedirs(folder, exist_ok=True)
-    state_path = os.path.join(out_dir, STATE_FILE)
-    state = _fingerprint(inputs, flags, optout)
-    if os.path.exists(state_path):
-        with open(state_path) as f:
-            previous = json.load(f)
-        if previous != state:
-            if not overwrite:
-                raise ValueError(f"{out_dir} holds a run with other inputs or flags ({state_path}); "
-                                 f"use a new --out or --overwrite")
-            for part in _finished_parts(folder).values():
-                os.remove(part)
-    with open(state_path, "w") as f:
-        json.dump(state, f, indent=2)
 
     for name in os.listdir(folder):  # half-written chunk of a killed run
         if name.startswith(".") and name.endswith(".tmp"):
@@ -212,19 +203,22 @@ def run_filter(inputs: list[str], out_dir: str, split: str, *, fmt: str = "auto"
         chunk, rows = len(done_chunks), []
         rf.counts = new_counts()
         for row, item in read_metadata(path, fmt, start_row, url_decode, sqlite_table):
-            while row > (chunk + 1) * chunk_rows:  # crossed into the next chunk: publish this one
-                _write_part(folder, f"part-{input_idx:03d}-{chunk:06d}.parquet", rows, rf.counts)
-                add_counts(totals, rf.counts)
-                chunk, rows, rf.counts = chunk + 1, [], new_counts()
             lic, reason = rf.check(item)
             if reason is None:
                 rows.append(item.to_row(lic))
             bar.update()
+            if row == (chunk + 1) * chunk_rows:  # the chunk is complete: publish it now, not at the next row
+                _write_part(folder, f"part-{input_idx:03d}-{chunk:06d}.parquet", rows, rf.counts)
+                add_counts(totals, rf.counts)
+                chunk, rows, rf.counts = chunk + 1, [], new_counts()
         if rf.counts["rows_read"]:
             _write_part(folder, f"part-{input_idx:03d}-{chunk:06d}.parquet", rows, rf.counts)
             add_counts(totals, rf.counts)
     bar.close()
-    write_manifest(out_dir, "filter_metadata", [os.path.abspath(p) for p in inputs], totals, flags)
+    if optout is not None:
+        totals["optout"] = optout.summary()
+    write_manifest(out_dir, "filter_metadata", [os.path.abspath(p) for p in inputs], totals,
+                   {**flags, "optout": optout_path}, fingerprint=record)
     return totals
 
 
@@ -241,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-width", type=int, default=0, help="drop photos narrower than this, when the size is known")
     p.add_argument("--min-height", type=int, default=0, help="drop photos shorter than this, when the size is known")
     p.add_argument("--no-dedupe", dest="dedupe", action="store_false", help="keep repeated photo ids")
-    p.add_argument("--optout", help="opt-out list (see data_prep.optout)")
+    add_optout_args(p, "--optout")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed row instead of counting it")
     decode = p.add_mutually_exclusive_group()
     decode.add_argument("--url-decode", dest="url_decode", action="store_true", default=None,
@@ -250,19 +244,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="take text fields as they are (default for parquet)")
     p.add_argument("--sqlite-table", default=YFCC_SQLITE_TABLE, help=f"table name (default {YFCC_SQLITE_TABLE})")
     p.add_argument("--chunk-rows", type=int, default=1_000_000, help="input rows per resumable output part")
-    p.add_argument("--overwrite", action="store_true", help="discard a previous run's parts made with other flags")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over when --out holds a run made from other inputs, opt-out list or flags")
     args = p.parse_args(argv)
     try:
         counts = run_filter(args.inputs, args.out, args.split, fmt=args.format,
                             include_public_domain=args.include_public_domain, min_width=args.min_width,
-                            min_height=args.min_height, dedupe=args.dedupe, optout_path=args.optout,
+                            min_height=args.min_height, dedupe=args.dedupe, optout_path=args.optout_list,
                             strict=args.strict, url_decode=args.url_decode, sqlite_table=args.sqlite_table,
-                            chunk_rows=args.chunk_rows, overwrite=args.overwrite)
+                            chunk_rows=args.chunk_rows, overwrite=args.overwrite, alias_map=args.alias_map,
+                            skip_unresolvable=args.skip_unresolvable)
     except (StrictError, MetadataError, OptOutListError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    skipped = counts.get("optout", {}).get("unresolvable_skipped")
     print(f"kept {counts['kept']} of {counts['rows_read']} rows; dropped {counts['dropped']}; "
-          f"kept per license {counts['kept_per_license']}")
+          f"kept per license {counts['kept_per_license']}"
+          + (f"; skipped {skipped} unresolvable opt-out entries (listed in the manifest)" if skipped else ""))
     return 0
 
 

@@ -4,10 +4,16 @@ Every reader yields (row_number, PhotoRecord | MalformedRow) in file order, 1-ba
 `start_row` rows (so an interrupted filter can resume without re-parsing what it already finished).
 A MalformedRow names the file and the row, so --strict can fail with one clear line.
 
-YFCC100M TSV: no header, 23 columns (photoid ... marker, the order in YFCC_COLUMNS); the 2016 release's
-25-column layout (line number and photo hash first) is accepted too. Text fields are URL-encoded with '+'
-for spaces in the dump; title, description and the author's nickname are decoded (url_decode=True).
-Files may be .bz2/.gz/.xz compressed (YFCC100M ships as bz2).
+YFCC100M TSV, no header, layout told by each row's content (not its column count alone):
+  * 23 columns (the 2014 split files yfcc100m_dataset-0..9): photo id, user NSID, ... marker (YFCC_COLUMNS);
+  * 25 columns (the single-file release yfcc100m_dataset[.bz2]): line number, photo id, photo hash (md5 of
+    the download URL printed without zero padding: up to 32 hex digits), user NSID, ... marker.
+A row is read as the 25-column layout only when its line number and photo id are digits and its third field
+looks like that hash; either layout needs a numeric photo id and an NSID-shaped user id where they belong.
+Anything else (e.g. a 23-column row whose title holds two stray tabs) is a MalformedRow.
+Text fields are URL-encoded with '+' for spaces in the dump; title, description, the author's nickname and
+the license name are decoded (url_decode=True). Files may be .bz2/.gz/.xz compressed (YFCC100M ships as
+bz2); a truncated or corrupt compressed file stops the read with a MetadataError naming the last row read.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import bz2
 import gzip
 import lzma
 import os
+import re
 import sqlite3
+import zlib
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +37,11 @@ YFCC_COLUMNS = (
     "usertags", "machinetags", "longitude", "latitude", "accuracy", "pageurl", "downloadurl", "licensename",
     "licenseurl", "serverid", "farmid", "secret", "secretoriginal", "ext", "marker",
 )
-YFCC_2016_EXTRA_LEADING = 2  # line number, photo hash
+YFCC_SINGLE_FILE_COLUMNS = 25  # line number, photo id, photo hash, then YFCC_COLUMNS[1:]
+# md5 printed byte by byte with %x: each byte below 0x10 loses a digit, so 16-32 hex digits (30-32 for most
+# rows, but about 7% of md5s have three or more such bytes).
+_HASH_RE = re.compile(r"^[0-9a-f]{16,32}$")
+_NSID_RE = re.compile(r"^\d+@N\d+$")
 YFCC_SQLITE_TABLE = "yfcc100m_dataset"
 
 # Our field -> accepted source column names (YFCC names first, then CommonCatalog / Flickr API spellings).
@@ -123,11 +135,13 @@ def record_from_fields(fields: Mapping[str, Any], url_decode: bool) -> PhotoReco
         raise ValueError(f"marker {marker!r} is neither 0 (photo) nor 1 (video)")
     get = fields.get
     title, description, author_name = _text(get("title")), _text(get("description")), _text(get("author_name"))
+    license_name = _text(get("license_name"))
     if url_decode:
         title, description, author_name = _url_decode(title), _url_decode(description), _url_decode(author_name)
+        license_name = _url_decode(license_name)  # YFCC writes "Attribution+License"
     return PhotoRecord(photo_id=photo_id, download_url=_text(get("download_url")), page_url=_text(get("page_url")),
                        author_name=author_name, author_id=_text(get("author_id")), title=title,
-                       description=description, license_name=_text(get("license_name")),
+                       description=description, license_name=license_name,
                        license_url=_text(get("license_url")), width=_optional_int(get("width"), "width"),
                        height=_optional_int(get("height"), "height"), is_video=marker in ("1", "True"))
 
@@ -143,22 +157,46 @@ def open_text(path: str):
     return opener(path, "rt", encoding="utf-8", errors="replace", newline="\n")
 
 
+# Errors a compressed stream raises when it is cut short or damaged (EOFError: bz2/gz/xz ended early).
+_COMPRESSED_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def yfcc_cells(cells: list[str]) -> list[str] | str:
+    """The 23 YFCC_COLUMNS cells of one TSV row in either layout, or why the row fits neither."""
+    n = len(cells)
+    if n == YFCC_SINGLE_FILE_COLUMNS and cells[0].isascii() and cells[0].isdigit() and cells[1].isascii() \
+            and cells[1].isdigit() and _HASH_RE.match(cells[2]) and _NSID_RE.match(cells[3]):
+        return [cells[1], *cells[3:]]
+    if n == len(YFCC_COLUMNS) and cells[0].isascii() and cells[0].isdigit() and _NSID_RE.match(cells[1]):
+        return cells
+    if n == YFCC_SINGLE_FILE_COLUMNS:
+        return ("25 tab-separated columns but not the single-file layout (line number, photo id, hex photo "
+                "hash, user NSID, ...): a 23-column row with stray tabs inside a field?")
+    if n == len(YFCC_COLUMNS):
+        return (f"23 columns but the photo id {cells[0][:30]!r} is not numeric or the user id {cells[1][:30]!r} "
+                f"is not an NSID (YFCC100M order: photo id, user NSID, ...)")
+    return (f"{n} tab-separated columns, expected {len(YFCC_COLUMNS)} (YFCC100M split files) or "
+            f"{YFCC_SINGLE_FILE_COLUMNS} (single-file release)")
+
+
 def read_yfcc_tsv(path: str, start_row: int = 0,
                   url_decode: bool = True) -> Iterator[tuple[int, PhotoRecord | MalformedRow]]:
     if not os.path.isfile(path):
         raise MetadataError(f"{path}: no such file")
-    with open_text(path) as f:
-        for row, line in enumerate(f, start=1):
-            if row <= start_row:
-                continue  # resuming: skip without parsing
-            cells = line.rstrip("\r\n").split("\t")
-            if len(cells) == len(YFCC_COLUMNS) + YFCC_2016_EXTRA_LEADING:
-                cells = cells[YFCC_2016_EXTRA_LEADING:]
-            if len(cells) != len(YFCC_COLUMNS):
-                yield row, MalformedRow(path, row, f"{len(cells)} tab-separated columns, expected "
-                                                   f"{len(YFCC_COLUMNS)} (YFCC100M order)")
-                continue
-            yield row, _parse(path, row, {field: cells[i] for field, i in _YFCC_FIELD_INDEX}, url_decode)
+    row = 0
+    try:
+        with open_text(path) as f:
+            for row, line in enumerate(f, start=1):
+                if row <= start_row:
+                    continue  # resuming: skip without parsing
+                cells = yfcc_cells(line.rstrip("\r\n").split("\t"))
+                if isinstance(cells, str):
+                    yield row, MalformedRow(path, row, cells)
+                    continue
+                yield row, _parse(path, row, {field: cells[i] for field, i in _YFCC_FIELD_INDEX}, url_decode)
+    except _COMPRESSED_ERRORS as e:
+        raise MetadataError(f"{path}: the compressed file is truncated or corrupt after row {row} "
+                            f"({type(e).__name__}: {e}); finished chunks are kept, re-download the file") from e
 
 
 # Our field -> its position in a YFCC row, resolved once through COLUMN_ALIASES.
@@ -228,8 +266,17 @@ def read_parquet(path: str, start_row: int = 0, url_decode: bool = False,
     except Exception as e:  # pyarrow raises several types for a file that is not parquet
         raise MetadataError(f"{path}: not a parquet file ({e})") from e
     chosen = _resolve_columns(path, pf.schema_arrow.names)
+    import pyarrow as pa
+
     row = 0
-    for batch in pf.iter_batches(batch_size=batch_size, columns=list(dict.fromkeys(chosen.values()))):
+    batches = pf.iter_batches(batch_size=batch_size, columns=list(dict.fromkeys(chosen.values())))
+    while True:
+        try:
+            batch = next(batches, None)
+        except (OSError, pa.ArrowException) as e:
+            raise MetadataError(f"{path}: unreadable after row {row} ({type(e).__name__}: {e})") from e
+        if batch is None:
+            return
         if row + batch.num_rows <= start_row:
             row += batch.num_rows
             continue
@@ -244,20 +291,30 @@ def read_parquet(path: str, start_row: int = 0, url_decode: bool = False,
 FORMATS = ("tsv", "sqlite", "parquet")
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def detect_format(path: str) -> str:
+    """By content for SQLite (its header; YFCC100M's is named yfcc100m_dataset.sql), else by extension."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC:
+                return "sqlite"
+    except OSError:
+        pass  # a missing file is reported by the reader
     name = path.lower()
     for ext in (".bz2", ".gz", ".xz"):
         name = name.removesuffix(ext)
     if name.endswith(".parquet"):
         return "parquet"
-    if name.endswith((".sqlite", ".sqlite3", ".db")):
+    if name.endswith((".sqlite", ".sqlite3", ".db", ".sql")):
         return "sqlite"
     return "tsv"  # YFCC100M's dump has no extension ("yfcc100m_dataset")
 
 
 def read_metadata(path: str, fmt: str = "auto", start_row: int = 0, url_decode: bool | None = None,
                   sqlite_table: str = YFCC_SQLITE_TABLE) -> Iterator[tuple[int, PhotoRecord | MalformedRow]]:
-    """Dispatch on format ("auto" guesses from the extension). url_decode defaults to True for YFCC's
+    """Dispatch on format ("auto": see detect_format). url_decode defaults to True for YFCC's
     TSV and SQLite, False for parquet."""
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "tsv":

@@ -23,7 +23,9 @@ holds the empty caption's latents, in the same dtype, for classifier-free-guidan
 
 Rank-sharded (RANK/WORLD_SIZE, one GPU per rank via LOCAL_RANK) and resumable: re-run the same command
 after any interruption. The settings that decide the stored values are kept in OUT_DIR/latents_settings.json
-and a re-run with different ones is refused rather than mixing two kinds of latents in one dataset.
+and, with the input's fingerprint, in OUT_DIR/fingerprint.json (data_prep.fingerprint); a re-run with a
+different input or settings is refused rather than mixing two kinds of latents in one dataset
+(--overwrite starts over).
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ from torchvision import transforms
 from data_prep import schema
 from data_prep.json_records import changed_settings, read_settings, write_json_atomic
 from data_prep.shards import get_rank_world, iter_mds, read_columns
-from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, run_batched_stage,
-                                  run_stage_cli)
+from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, prepare_stage_output,
+                                  run_batched_stage, run_stage_cli)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ STAGE = "precompute_latents"
 SETTINGS_FILE = "latents_settings.json"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}  # numpy has no bfloat16: not a storage option
+# Settings that decide the stored arrays (a resume may change batch size, workers, device).
+FINGERPRINT_FLAGS = ("vae", "vae_subfolder", "text_encoder", "text_encoder_subfolder", "tokenizer",
+                     "tokenizer_subfolder", "resolutions", "caption_key", "dtype", "compute_dtype", "drop_image")
 
 
 def pixel_transform(resolution: int) -> transforms.Compose:
@@ -180,6 +185,8 @@ def run(args: argparse.Namespace) -> dict:
     check_input(args.in_dir, in_columns, args.caption_key, args.resolutions)
     columns = output_columns(in_columns, args.resolutions, args.drop_image)
     np_dtype = NUMPY_DTYPES[args.dtype]
+    record = prepare_stage_output(STAGE, args, {k: getattr(args, k) for k in FINGERPRINT_FLAGS}, rank, world,
+                                  extra_patterns=(SETTINGS_FILE, schema.EMPTY_CAPTION_LATENTS_FILE + "*"))
 
     device = torch.device(args.device) if args.device else default_device()
     encoder = load_encoder(args, device)
@@ -237,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
     return run_batched_stage(STAGE, args.in_dir, args.out_dir, columns, flush, rank=rank, world=world,
                              batch_size=args.batch_size, part_size=args.part_size, workers=args.workers,
                              progress_desc=f"latents rank {rank}", show_progress=not args.no_progress,
-                             manifest_flags=manifest_flags)
+                             manifest_flags=manifest_flags, fingerprint_record=record)
 
 
 def _array_shapes(out_dir: str, columns: dict[str, str]) -> dict[str, list[int]]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -531,6 +532,7 @@ def _split_sample(reader: Any, data: bytes) -> dict[str, Encoded]:
 
 
 # ---------------------------------------------------------------------------------------------- manifest
+@functools.lru_cache(maxsize=1)  # reading package metadata costs ~0.1 s; installed versions do not change mid-run
 def _package_versions() -> dict[str, str | None]:
     versions = {}
     for name in MANIFEST_PACKAGES:
@@ -550,12 +552,14 @@ def _git_commit() -> str | None:
         return None
 
 
-def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, flags: dict) -> str:
+def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, flags: dict,
+                   fingerprint: dict | None = None) -> str:
     """Write out_dir/manifest.json (atomically) and return its path.
 
     Records the stage, its inputs (and each input folder's own manifest, so provenance chains from the
     metadata filter to the latents), counts kept/dropped per license and per reason as the stage gives
-    them, package versions, the code's git commit, the flags and the UTC time."""
+    them, package versions, the code's git commit, the flags, the UTC time and the output's fingerprint
+    (data_prep.fingerprint: what every sample was made from; the next stage chains on its digest)."""
     os.makedirs(out_dir, exist_ok=True)
     input_manifests = {}
     for path in inputs:
@@ -569,11 +573,13 @@ def write_manifest(out_dir: str, stage: str, inputs: list[str], counts: dict, fl
         "inputs": list(inputs),
         "counts": counts,
         "flags": flags,
-        "package_versions": _package_versions(),
+        "package_versions": dict(_package_versions()),
         "python": sys.version.split()[0],
         "git_commit": _git_commit(),
         "input_manifests": input_manifests,
     }
+    if fingerprint is not None:
+        manifest["fingerprint"] = fingerprint
     path = os.path.join(out_dir, MANIFEST_FILE)
     write_json_atomic(path, manifest, default=str)
     return path

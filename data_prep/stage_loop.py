@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from tqdm import tqdm
 
+from data_prep import fingerprint
 from data_prep.shards import (Encoded, ResumableMDSWriter, barrier, count_samples, iter_mds, merge_ranks,
                               part_counts, write_manifest)
 
@@ -55,6 +56,22 @@ def add_stage_loop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding threads")
     p.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if CUDA is available, else cpu")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start OUT_DIR over when it was made from another input or settings (else refused)")
+
+
+def prepare_stage_output(stage: str, args: argparse.Namespace, flags: dict, rank: int, world: int,
+                         extra_patterns: tuple[str, ...] = ()) -> dict:
+    """Fingerprint this run (args.in_dir's content or its upstream fingerprint, and `flags`, the settings that
+    decide the output) and check args.out_dir against it before any work: a StageError if OUT_DIR was made
+    from something else, unless --overwrite. Returns the record for run_batched_stage's manifest."""
+    record = fingerprint.make(stage, [args.in_dir], flags)
+    try:
+        fingerprint.prepare_output(args.out_dir, record, overwrite=args.overwrite, rank=rank, world=world,
+                                   extra_patterns=extra_patterns)
+    except fingerprint.FingerprintMismatch as exc:
+        raise StageError(str(exc)) from exc
+    return record
 
 
 def run_stage_cli(stage: str, run: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> dict:
@@ -97,7 +114,7 @@ def run_batched_stage(stage: str, in_dir: str, out_dir: str, columns: dict[str, 
                       flush: Callable[[Batch, BatchOutput, ThreadPoolExecutor], None], *,
                       rank: int, world: int, batch_size: int, part_size: int, workers: int,
                       progress_desc: str, show_progress: bool = True,
-                      manifest_flags: Callable[[int], dict]) -> dict:
+                      manifest_flags: Callable[[int], dict], fingerprint_record: dict | None = None) -> dict:
     """Run `flush` over this rank's share of `in_dir` in batches of `batch_size` not yet done, writing `columns`
     to `out_dir`; then wait for every rank, and on rank 0 merge the ranks' parts and write the manifest
     (flags from manifest_flags(merged sample count), counts from the ledgers).
@@ -128,5 +145,6 @@ def run_batched_stage(stage: str, in_dir: str, out_dir: str, columns: dict[str, 
     barrier()
     if rank == 0:
         stats["merged_samples"] = merge_ranks(out_dir)
-        write_manifest(out_dir, stage, [in_dir], part_counts(out_dir), manifest_flags(stats["merged_samples"]))
+        write_manifest(out_dir, stage, [in_dir], part_counts(out_dir), manifest_flags(stats["merged_samples"]),
+                       fingerprint=fingerprint_record)
     return stats

@@ -131,6 +131,12 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, stage, model_dir):
         main(_argv(root / "out", tmp_path / "o2", model_dir))
     with pytest.raises(SystemExit, match=r"missing.*index\.json not found"):
         main(_argv(tmp_path / "missing", tmp_path / "o3", model_dir))
+    # Resuming into an output made from another input is refused before the model loads (issue 16 defect 3).
+    write_inputs(tmp_path / "changed", N, seed=5)
+    with pytest.raises(SystemExit, match=r"out was made from other inputs \(input content differ"):
+        main(_argv(tmp_path / "changed", root / "out", model_dir))
+    with pytest.raises(SystemExit, match=r"flags max_new_tokens differ"):
+        main(_argv(root / "in", root / "out", model_dir, "--max-new-tokens", "7"))
 
 
 def test_two_ranks_split_the_work_and_rank0_merges(tmp_path, stage, model_dir, monkeypatch):

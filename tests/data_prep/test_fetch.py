@@ -214,7 +214,43 @@ def test_cli_exits_with_one_line_on_bad_input(tmp_path, capsys):
     metadata = write_jsonl(tmp_path / "m.jsonl", [row("a", "http://127.0.0.1:9/a.jpg")])
     assert main([metadata, str(other), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "use a new out_dir" in err
+    assert err.count("\n") == 0 and "holds earlier work" in err and "no fingerprint.json" in err
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "--bucket-by-resolution" in capsys.readouterr().out
+
+
+def test_refiltered_metadata_is_refused_and_overwrite_drops_the_opted_out_photo(site, tmp_path, capsys):
+    """Issue 16 defect 3: fetch re-run with re-filtered metadata (one photo opted out since) kept that photo,
+    and its manifest named only the new input."""
+    from yfcc_fixtures import write_tsv, yfcc_row
+
+    from data_prep.filter_metadata import run_filter
+    from data_prep.metadata import YFCC_COLUMNS
+
+    server, _, _ = site
+    rows = []
+    for pid, name in ((1, "large"), (2, "small"), (3, "tall")):
+        rows.append(yfcc_row(pid))
+        rows[-1][YFCC_COLUMNS.index("downloadurl")] = server.url(f"/{name}.jpg")
+    write_tsv(tmp_path / "y.tsv", rows)
+    meta, out = str(tmp_path / "meta"), str(tmp_path / "out")
+    run_filter([str(tmp_path / "y.tsv")], meta, "C", progress=False)
+    argv = [meta, out, "--workers", "2", "--timeout", "2", "--retries", "0", "--max-side", "64", "--no-progress"]
+    assert main(argv) == 0
+    assert main(argv) == 0 and server.hits["/large.jpg"] == 1  # same input: resumes, fetches nothing again
+    (tmp_path / "optout.txt").write_text("photo:2\n")
+    run_filter([str(tmp_path / "y.tsv")], meta, "C", optout_path=str(tmp_path / "optout.txt"), overwrite=True,
+               progress=False)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "input content differ" in err and "data_prep.optout" in err
+    assert set(read_back(out)) == {"1", "2", "3"}  # untouched by the refused run
+    assert main(argv + ["--overwrite"]) == 0
+    assert set(read_back(out)) == {"1", "3"}
+    manifest = json.loads((tmp_path / "out" / MANIFEST_FILE).read_text())
+    upstream = json.loads((tmp_path / "meta" / MANIFEST_FILE).read_text())["fingerprint"]
+    assert manifest["fingerprint"]["inputs"][0]["upstream_fingerprint"] == upstream["digest"]
+    assert upstream["optout"]["sha256"] == hashlib.sha256(b"photo:2\n").hexdigest()
+    assert main(argv + ["--max-side", "32"]) == 2 and "flags max_side differ" in capsys.readouterr().err

@@ -2,8 +2,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_prep.licenses import (FLICKR_LICENSE_IDS, License, classify_license, in_split, license_from_name,
-                                license_from_url, normalize_license, split_licenses)
+from data_prep.licenses import (FLICKR_LICENSE_IDS, License, classify_license, in_split, is_creativecommons_url,
+                                license_from_name, license_from_url, license_notice, normalize_license,
+                                split_licenses)
 
 L = License
 
@@ -107,7 +108,42 @@ def test_malformed_urls_are_not_trusted(url):
 
 @pytest.mark.parametrize("name,expected", NAME_VARIANTS)
 def test_name_fallback(name, expected):
-    assert classify_license("not a url", name) == (expected, "name")
+    # The name decides only when the URL field is empty (issue 10, defect 2).
+    assert classify_license("", name) == (expected, "name")
+    assert classify_license(None, name) == (expected, "name")
+    assert classify_license("  ", name) == (expected, "name")
+
+
+NON_CC_URLS = ["not a url", "http://evil.example/licenses/by/2.0/", "https://www.flickr.com/photos/x/1/",
+               "http://creativecommons.org.evil.example/licenses/by/2.0/", "None", "http://[::1", "by/2.0"]
+
+
+@pytest.mark.parametrize("url", NON_CC_URLS)
+@pytest.mark.parametrize("name", ["Attribution License", "Attribution+License", "CC BY-SA 2.0", "4", ""])
+def test_a_filled_url_that_is_not_a_cc_url_excludes_the_row(url, name):
+    """Issue 10 defect 2: a present but unverifiable license URL is never overruled by a CC name."""
+    assert classify_license(url, name) == (L.UNKNOWN, "non_cc_url")
+
+
+def test_non_cc_labels_keep_their_own_pages():
+    for url, name, expected in YFCC_ROWS:
+        if expected in (L.NO_KNOWN_COPYRIGHT, L.US_GOVERNMENT_WORK, L.ALL_RIGHTS_RESERVED):
+            assert classify_license(url, name) == (expected, "name")
+
+
+UNRECOGNISED_CC_URLS = ["https://creativecommons.org/licenses/nc/1.0/", "http://creativecommons.org/licenses/nd/1.0/",
+                        "http://creativecommons.org/licenses/sa/1.0/", "https://creativecommons.org/licenses/by-nd/3.0/igo/",
+                        "https://creativecommons.org/licenses/by-nd/5.0/", "https://creativecommons.org/",
+                        "http://creativecommons.org:8080/licenses/by/2.0/", "ftp://creativecommons.org/licenses/by/2.0/",
+                        "https://CreativeCommons.org/licenses/nc-sa/1.0/deed.en", "http://creativecommons.org/licenses/by-sa-nd/2.0/"]
+
+
+@pytest.mark.parametrize("url", UNRECOGNISED_CC_URLS)
+@pytest.mark.parametrize("name", ["Attribution", "Attribution License", "Attribution+License", "CC BY 2.0", "4",
+                                  "Attribution-ShareAlike License", "", None])
+def test_a_cc_url_that_does_not_parse_is_never_overruled_by_the_name(url, name):
+    """Issue 16 defect 4: nc/1.0 + "Attribution" was CC-BY; a restrictive URL must win over a permissive name."""
+    assert classify_license(url, name) == (L.UNKNOWN, "unrecognised_url")
 
 
 @pytest.mark.parametrize("name", MALFORMED_NAMES)
@@ -120,6 +156,7 @@ def test_classify_reasons():
     assert classify_license(None, None) == (L.UNKNOWN, "missing")
     assert classify_license(" ", "") == (L.UNKNOWN, "missing")
     assert classify_license("junk", "junk") == (L.UNKNOWN, "unrecognised")
+    assert classify_license("", "junk") == (L.UNKNOWN, "unrecognised")
     # URL and name disagree: neither is trusted.
     assert classify_license("http://creativecommons.org/licenses/by/2.0/",
                             "Attribution-NonCommercial License") == (L.UNKNOWN, "conflict")
@@ -175,6 +212,11 @@ def test_property_nothing_outside_the_allowed_set_enters_a_split(url, name):
         assert license_from_url(url) == lic
     if how == "name":
         assert license_from_name(name) == lic and license_from_url(url) is None
+    # A filled URL field that is no CC license never lets a CC license in, whatever the name says.
+    if (url or "").strip() and license_from_url(url) is None:
+        assert not in_split(lic, "NC") and not in_split(lic, "C", include_public_domain=True)
+        if is_creativecommons_url(url):
+            assert (lic, how) == (L.UNKNOWN, "unrecognised_url")
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -195,3 +237,35 @@ def test_property_restrictive_terms_never_enter_c_or_nc(url, name):
             assert url_code in {L.CC_BY_ND, L.CC_BY_NC_ND}
         if "nc" in code.split("-"):
             assert url_code in {L.CC_BY_NC, L.CC_BY_NC_SA, L.CC_BY_NC_ND}
+
+
+# ------------------------------------------------------------------ attribution notices
+YFCC_PAIRS = [("by", "Attribution License", "CC BY 2.0"), ("by-sa", "Attribution-ShareAlike License", "CC BY-SA 2.0"),
+              ("by-nd", "Attribution-NoDerivs License", "CC BY-ND 2.0"),
+              ("by-nc", "Attribution-NonCommercial License", "CC BY-NC 2.0"),
+              ("by-nc-sa", "Attribution-NonCommercial-ShareAlike License", "CC BY-NC-SA 2.0"),
+              ("by-nc-nd", "Attribution-NonCommercial-NoDerivs License", "CC BY-NC-ND 2.0")]
+
+
+@pytest.mark.parametrize("code,name,label", YFCC_PAIRS)
+def test_notice_names_the_license_in_words_and_links_its_deed(code, name, label):
+    deed = f"https://creativecommons.org/licenses/{code}/2.0/"
+    url = f"http://creativecommons.org/licenses/{code}/2.0/"
+    assert license_notice(url, name) == (label, deed)
+    assert license_notice(url, "") == (label, deed)  # the URL alone
+    assert license_notice("", name) == (label, deed)  # admitted by name, URL empty: still linked
+    assert license_notice("", name.replace(" ", "+")) == (label, deed)  # YFCC's URL-encoded name
+    assert license_notice(url.upper().replace("HTTP", "https"), None) == (label, deed)
+
+
+def test_notice_versions_ports_and_public_domain():
+    assert license_notice("https://creativecommons.org/licenses/by-nc-sa/2.0/de/deed.de", "") == \
+        ("CC BY-NC-SA 2.0 DE", "https://creativecommons.org/licenses/by-nc-sa/2.0/de/")
+    assert license_notice("", "Attribution-ShareAlike 4.0 International") == \
+        ("CC BY-SA 4.0", "https://creativecommons.org/licenses/by-sa/4.0/")
+    assert license_notice("", "5") == ("CC BY-SA 2.0", "https://creativecommons.org/licenses/by-sa/2.0/")
+    assert license_notice("", "cc-by") == ("CC BY", "https://creativecommons.org/licenses/by/")  # no version known
+    assert license_notice("", "", "CC-BY-SA") == ("CC BY-SA", "https://creativecommons.org/licenses/by-sa/")
+    assert license_notice("https://creativecommons.org/publicdomain/zero/1.0/", "") == \
+        ("CC0 1.0", "https://creativecommons.org/publicdomain/zero/1.0/")
+    assert license_notice("", "All Rights Reserved") == ("ALL-RIGHTS-RESERVED", "")

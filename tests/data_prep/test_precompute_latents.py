@@ -161,8 +161,13 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, stage, models_dir, capsys
     with pytest.raises(SystemExit, match=r"model\.vae: no folder at .*nowhere"):
         main(_argv(root / "in", tmp_path / "o3", models_dir) + ["--vae", str(tmp_path / "nowhere")])
     # resuming with other settings would mix two kinds of latents in one dataset
-    with pytest.raises(SystemExit, match=f"{SETTINGS_FILE} records other settings \\(resolutions differ\\)"):
+    with pytest.raises(SystemExit, match=r"out was made from other inputs \(flags resolutions differ"):
         main(_argv(root / "in", root / "out", models_dir) + ["--resolutions", "16"])
+    # ... and so would resuming from a changed input (issue 16 defect 3), before any model is loaded
+    write_inputs(tmp_path / "changed", N, seed=7, caption_column=schema.BLIP2_CAPTION)
+    with pytest.raises(SystemExit, match=r"out was made from other inputs \(input content differ"):
+        main(_argv(tmp_path / "changed", root / "out", models_dir))
+    assert SETTINGS_FILE in {p.name for p in (root / "out").iterdir()}
 
 
 def test_two_ranks_split_the_work_and_rank0_merges(tmp_path, stage, models_dir, monkeypatch):
