@@ -43,7 +43,7 @@ from data_prep.fetch import RESAMPLE
 from data_prep.images import DEFAULT_MAX_PIXELS, ImageConfig, ImageSkip, configure_pillow, encode_jpeg, process_image
 from data_prep.json_records import changed_settings, read_settings, write_json_atomic
 from data_prep.licenses import License, classify_license, split_licenses
-from data_prep.optout import OptOutList, OptOutListError
+from data_prep.optout import OptOutList, OptOutListError, add_optout_args
 from data_prep.schema import BLIP2_CAPTION, COMMONCATALOG_COLUMNS, IMAGE, PARTITION_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class CatalogInputError(ValueError):
 class CatalogConfig:
     split: str = "C"
     optout: str | None = None
+    alias_map: str | None = None  # alias,nsid lines for opt-out entries that name an author by alias
+    skip_unresolvable: bool = False
     include_public_domain: bool = False
     min_side: int = 0
     max_side: int | None = None  # None keeps the catalog's size
@@ -203,7 +205,8 @@ def run_commoncatalog(snapshots: list[str], out_dir: str, config: CatalogConfig,
         rank, world = shards.get_rank_world()
     try:
         parts = open_parts(snapshots)
-        optout = OptOutList.load(config.optout) if config.optout else None
+        optout = OptOutList.load(config.optout, alias_map=config.alias_map,
+                                  skip_unresolvable=config.skip_unresolvable) if config.optout else None
     except (LayoutError, OptOutListError) as exc:
         raise CatalogInputError(str(exc)) from exc
     units = units_of(parts)
@@ -246,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, type=str.upper, choices=["C", "NC"],
                    help="C = CC-BY, CC-BY-SA; NC = C + CC-BY-NC, CC-BY-NC-SA (checked per row)")
     p.add_argument("--out", required=True, help="output MDS folder (re-run the same command to resume)")
-    p.add_argument("--optout", default=None, help="opt-out list (see data_prep.optout)")
+    add_optout_args(p)
     p.add_argument("--include-public-domain", action="store_true", help="also keep CC0 and Public Domain Mark rows")
     p.add_argument("--min-side", type=int, default=0, help="drop images whose short side is smaller")
     p.add_argument("--max-side", type=int, default=0, help="shrink so the SHORT side is at most this; 0 keeps size")
@@ -268,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers and --part-size must be >= 1, --jpeg-quality in 1..100, sides >= 0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = CatalogConfig(
-        split=args.split, optout=args.optout, include_public_domain=args.include_public_domain,
+        split=args.split, optout=args.optout_list, alias_map=args.alias_map,
+        skip_unresolvable=args.skip_unresolvable, include_public_domain=args.include_public_domain,
         min_side=args.min_side, max_side=args.max_side or None, max_pixels=args.max_pixels,
         jpeg_quality=args.jpeg_quality, resample=args.resample, workers=args.workers, part_size=args.part_size,
         size_limit=args.size_limit, progress=not args.no_progress)

@@ -142,7 +142,6 @@ def test_fetch_stage_strips_the_same_metadata(tmp_path):
     assert Image.open(io.BytesIO(fetched.jpeg)).size == (32, 48)
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue-10 item 2 fix from wt/data16")
 def test_unverifiable_license_url_is_excluded(ingested):
     _, out = ingested
     assert _ledger(out)[UNVERIFIABLE] not in ("written", "license_not_in_split")
