@@ -37,6 +37,13 @@ def image_latents_key(resolution: int) -> str:
 CAPTION_LATENTS = "caption_latents"  # text-encoder last hidden state, (seq_len, dim)
 LATENT_ENCODING = "ndarray"  # dtype (float16 by default, float32 on request) travels with the array
 EMPTY_CAPTION_LATENTS_FILE = "empty_caption_latents.npy"  # written once beside the shards' index.json
+# SDXL (two text encoders): caption_latents holds both encoders' penultimate hidden states concatenated, plus
+# the second encoder's projected pooled embedding, and the size/crop the image latents were made with
+# (int32 pairs, height first) for micro-conditioning.
+POOLED_CAPTION_LATENTS = "pooled_caption_latents"
+EMPTY_POOLED_CAPTION_LATENTS_FILE = "empty_pooled_caption_latents.npy"
+ORIGINAL_SIZE = "original_size"
+CROP_TOP_LEFT = "crop_top_left"
 
 MANIFEST_FILE = "manifest.json"
 

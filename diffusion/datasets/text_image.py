@@ -1,7 +1,9 @@
 """Training batches from MDS shards written by data_prep: pixels + caption tokens, or precomputed latents.
 
 Streaming does the sharding across ranks and dataloader workers, shuffling and resumption; this class only
-turns one stored sample into the tensors `StableDiffusion.forward` reads.
+turns one stored sample into the tensors `StableDiffusion.forward` reads. For SDXL (`tokenizer_2` given, or
+shards holding pooled caption latents) a sample also carries the second tokenizer's ids (or the pooled
+embedding) and its micro-conditioning: the original size and the crop's top-left corner, height first.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from data_prep import schema
+from diffusion.models.sdxl import CAPTIONS_2, CROP_TOP_LEFT, ORIGINAL_SIZE, POOLED_CAPTION_LATENTS
 from diffusion.models.stable_diffusion import CAPTION_LATENTS, CAPTIONS, IMAGE, IMAGE_LATENTS
 
 
@@ -20,6 +23,7 @@ class TextImageDataset(StreamingDataset):
         self,
         *,
         tokenizer=None,
+        tokenizer_2=None,
         caption_key: str = schema.BLIP2_CAPTION,
         resolution: int = 256,
         precomputed_latents: bool = False,
@@ -29,36 +33,68 @@ class TextImageDataset(StreamingDataset):
         super().__init__(**streaming_kwargs)
         if not precomputed_latents and tokenizer is None:
             raise ValueError("dataset: a tokenizer is needed unless precomputed_latents is true")
-        self.tokenizer = tokenizer
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.caption_key = caption_key
         self.precomputed_latents = precomputed_latents
         self.latents_key = schema.image_latents_key(resolution)
-        crop = transforms.RandomCrop(resolution) if random_crop else transforms.CenterCrop(resolution)
-        self.transform = transforms.Compose([
-            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-            crop,
-            transforms.ToTensor(),
-            transforms.Normalize([0.5], [0.5]),  # [0, 1] -> [-1, 1], the VAE's input range
-        ])
+        self.crop = SquareCrop(resolution, random_crop)
 
     def __getitem__(self, index):
         sample = super().__getitem__(index)
         if self.precomputed_latents:
-            return {
-                IMAGE_LATENTS: torch.from_numpy(np.asarray(sample[self.latents_key], dtype=np.float32)),
-                CAPTION_LATENTS: torch.from_numpy(np.asarray(sample[schema.CAPTION_LATENTS], dtype=np.float32)),
+            item = {
+                IMAGE_LATENTS: _float_tensor(sample[self.latents_key]),
+                CAPTION_LATENTS: _float_tensor(sample[schema.CAPTION_LATENTS]),
             }
-        caption = sample[self.caption_key]
-        tokens = self.tokenizer(
-            caption, padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids[0]
-        return {IMAGE: self.transform(sample[schema.IMAGE].convert("RGB")), CAPTIONS: tokens}
+            if POOLED_CAPTION_LATENTS in sample:
+                item[POOLED_CAPTION_LATENTS] = _float_tensor(sample[POOLED_CAPTION_LATENTS])
+                for key in (ORIGINAL_SIZE, CROP_TOP_LEFT):
+                    if key in sample:
+                        item[key] = torch.as_tensor(np.asarray(sample[key]), dtype=torch.long)
+            return item
+        image = sample[schema.IMAGE].convert("RGB")
+        pixels, crop_top_left = self.crop(image)
+        item = {IMAGE: pixels, CAPTIONS: _tokens(self.tokenizer, sample[self.caption_key])}
+        if self.tokenizer_2 is not None:
+            item[CAPTIONS_2] = _tokens(self.tokenizer_2, sample[self.caption_key])
+            item[ORIGINAL_SIZE] = torch.tensor([image.height, image.width])
+            item[CROP_TOP_LEFT] = torch.tensor(crop_top_left)
+        return item
+
+
+class SquareCrop:
+    """Shorter side resized to `resolution`, then a square crop (centre or random) as a [-1, 1] tensor (the
+    VAE's input range), with the crop's top-left corner in the resized image: SDXL's micro-conditioning is
+    told where the crop was. Same pixels as Resize + CenterCrop/RandomCrop + ToTensor + Normalize."""
+
+    def __init__(self, resolution: int, random_crop: bool = False):
+        self.size, self.random_crop = resolution, random_crop
+        self.resize = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True)
+        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+
+    def __call__(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
+        resized, size = self.resize(image), self.size
+        if self.random_crop:
+            top, left, _, _ = transforms.RandomCrop.get_params(resized, (size, size))
+        else:
+            top, left = int(round((resized.height - size) / 2.0)), int(round((resized.width - size) / 2.0))
+        return self.to_tensor(resized.crop((left, top, left + size, top + size))), (top, left)
+
+
+def _float_tensor(array) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+def _tokens(tokenizer, caption: str) -> torch.Tensor:
+    return tokenizer(
+        caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt",
+    ).input_ids[0]
 
 
 def build_dataloader(
     batch_size: int,
     tokenizer=None,
+    tokenizer_2=None,
     remote: str | None = None,
     local: str | None = None,
     streams: list[dict] | None = None,
@@ -82,7 +118,7 @@ def build_dataloader(
     a weighted NC subset; or a single `remote`/`local` pair.
     """
     dataset = TextImageDataset(
-        tokenizer=tokenizer, caption_key=caption_key, resolution=resolution,
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, caption_key=caption_key, resolution=resolution,
         precomputed_latents=precomputed_latents, random_crop=random_crop,
         streams=[Stream(**s) for s in streams] if streams else None,
         remote=remote, local=local, batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed,
