@@ -42,8 +42,12 @@ EMPTY_CAPTION_LATENTS_FILE = "empty_caption_latents.npy"  # written once beside 
 # (int32 pairs, height first) for micro-conditioning.
 POOLED_CAPTION_LATENTS = "pooled_caption_latents"
 EMPTY_POOLED_CAPTION_LATENTS_FILE = "empty_pooled_caption_latents.npy"
-ORIGINAL_SIZE = "original_size"
-CROP_TOP_LEFT = "crop_top_left"
+ORIGINAL_SIZE = "original_size"  # the stored image's (height, width) before the resize to a training resolution
+
+
+def crop_top_left_key(resolution: int) -> str:
+    """(top, left) of the square crop, in the image resized to `resolution`, that latents_{res} encode."""
+    return f"crop_top_left_{resolution}"
 
 MANIFEST_FILE = "manifest.json"
 

@@ -37,6 +37,7 @@ class TextImageDataset(StreamingDataset):
         self.caption_key = caption_key
         self.precomputed_latents = precomputed_latents
         self.latents_key = schema.image_latents_key(resolution)
+        self.crop_key = schema.crop_top_left_key(resolution)
         self.crop = SquareCrop(resolution, random_crop)
 
     def __getitem__(self, index):
@@ -48,9 +49,9 @@ class TextImageDataset(StreamingDataset):
             }
             if POOLED_CAPTION_LATENTS in sample:
                 item[POOLED_CAPTION_LATENTS] = _float_tensor(sample[POOLED_CAPTION_LATENTS])
-                for key in (ORIGINAL_SIZE, CROP_TOP_LEFT):
-                    if key in sample:
-                        item[key] = torch.as_tensor(np.asarray(sample[key]), dtype=torch.long)
+                for key, stored in ((ORIGINAL_SIZE, ORIGINAL_SIZE), (CROP_TOP_LEFT, self.crop_key)):
+                    if stored in sample:
+                        item[key] = torch.as_tensor(np.asarray(sample[stored]), dtype=torch.long)
             return item
         image = sample[schema.IMAGE].convert("RGB")
         pixels, crop_top_left = self.crop(image)
@@ -82,7 +83,7 @@ class SquareCrop:
 
 
 def _float_tensor(array) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+    return torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: stored arrays are read-only
 
 
 def _tokens(tokenizer, caption: str) -> torch.Tensor:

@@ -21,11 +21,22 @@ from typing import Sequence
 
 import torch
 
-from data_prep.schema import CROP_TOP_LEFT, ORIGINAL_SIZE, POOLED_CAPTION_LATENTS
+from data_prep.schema import ORIGINAL_SIZE, POOLED_CAPTION_LATENTS
 from diffusion.models.stable_diffusion import CAPTION_LATENTS, CAPTIONS, StableDiffusion
 
 CAPTIONS_2 = "captions_2"
+CROP_TOP_LEFT = "crop_top_left"
 __all__ = ["StableDiffusionXL", "CAPTIONS_2", "POOLED_CAPTION_LATENTS", "ORIGINAL_SIZE", "CROP_TOP_LEFT"]
+
+
+@torch.no_grad()
+def encode_sdxl_text(text_encoder, text_encoder_2, token_ids, token_ids_2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states (B, T, d1 + d2), pooled (B, projection_dim)), as diffusers' SDXL pipeline encodes: both
+    encoders' penultimate layers concatenated, and the second encoder's projected text embedding. Training,
+    sampling and data_prep.precompute_latents all call this, so stored and live captions agree."""
+    first = text_encoder(token_ids.to(text_encoder.device), output_hidden_states=True)
+    second = text_encoder_2(token_ids_2.to(text_encoder_2.device), output_hidden_states=True)
+    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
 
 
 class StableDiffusionXL(StableDiffusion):
@@ -66,13 +77,8 @@ class StableDiffusionXL(StableDiffusion):
             truncation=True, return_tensors="pt",
         ).input_ids
 
-    @torch.no_grad()
     def encode_tokens(self, token_ids: torch.Tensor, token_ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states (B, T, d1 + d2), pooled (B, projection_dim)), as diffusers' SDXL pipeline encodes."""
-        first = self.text_encoder(token_ids.to(self.text_encoder.device), output_hidden_states=True)
-        second = self.text_encoder_2(token_ids_2.to(self.text_encoder_2.device), output_hidden_states=True)
-        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
-        return hidden, second.text_embeds
+        return encode_sdxl_text(self.text_encoder, self.text_encoder_2, token_ids, token_ids_2)
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_tokens(self.tokenize(prompts), self.tokenize_2(prompts))
