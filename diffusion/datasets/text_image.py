@@ -51,7 +51,7 @@ class TextImageDataset(StreamingDataset):
                 item[POOLED_CAPTION_LATENTS] = _float_tensor(sample[POOLED_CAPTION_LATENTS])
                 for key, stored in ((ORIGINAL_SIZE, ORIGINAL_SIZE), (CROP_TOP_LEFT, self.crop_key)):
                     if stored in sample:
-                        item[key] = torch.as_tensor(np.asarray(sample[stored]), dtype=torch.long)
+                        item[key] = torch.tensor(np.asarray(sample[stored]), dtype=torch.long)
             return item
         image = sample[schema.IMAGE].convert("RGB")
         pixels, crop_top_left = self.crop(image)
