@@ -162,3 +162,13 @@ def test_xl_trains_from_yaml_and_exports_to_sdxl_pipeline(demo_dir, tmp_path):
     again = load_model(exported).generate(PROMPTS, num_inference_steps=3, guidance_scale=4.0, seed=7)
     assert isinstance(load_model(exported), StableDiffusionXL)
     torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
+
+
+def test_flops_only_counts_an_sdxl_step_at_real_size():
+    from benchmarks.train_throughput import count_train_flops_per_image, meta_model
+
+    model = meta_model("sdxl")
+    assert isinstance(model, StableDiffusionXL)
+    assert 2.5e9 < sum(p.numel() for p in model.unet.parameters()) < 2.6e9  # SDXL-base's UNet: 2.57B
+    flops = count_train_flops_per_image(model, 256, latents=True)
+    assert 1.0e12 < flops < 1.5e12
