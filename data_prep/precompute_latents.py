@@ -24,6 +24,12 @@ encoders' penultimate hidden states concatenated (diffusion.models.sdxl.encode_s
   crop_top_left_{res}      where the square crop of latents_{res} sits in the resized image, (top, left) int32
 and OUT_DIR/empty_pooled_caption_latents.npy (model.empty_pooled_caption_latents).
 
+With `--extra-caption-keys title description` (multi-caption training, the paper's synthetic-vs-alt-text
+ablation), each listed column's text gets its own caption_latents_{key} (and for SDXL
+pooled_caption_latents_{key}), encoded the same way, and has_{key} (int 0/1); a sample whose text there is
+empty has has_{key} = 0 and a 1-element placeholder array, and training falls back to the main caption
+(dataset.caption_selection_probs).
+
 Arrays are stored as `ndarray` columns in float16 (default) or float32. OUT_DIR/empty_caption_latents.npy
 holds the empty caption's latents, in the same dtype, for classifier-free-guidance dropout
 (model.empty_caption_latents in a training yaml), so dropped captions match stored ones exactly.
@@ -135,7 +141,8 @@ def load_encoder(args: argparse.Namespace, device: torch.device) -> LatentEncode
     return LatentEncoder(vae, text_encoder, tokenizer, device, TORCH_DTYPES[args.compute_dtype], **second)
 
 
-def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_image: bool, sdxl: bool = False) -> dict[str, str]:
+def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_image: bool, sdxl: bool = False,
+                   extra_caption_keys: list[str] = ()) -> dict[str, str]:
     columns = {k: v for k, v in in_columns.items() if not (drop_image and k == schema.IMAGE)}
     for res in resolutions:
         columns[schema.image_latents_key(res)] = schema.LATENT_ENCODING
@@ -145,14 +152,20 @@ def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_imag
     if sdxl:
         columns[schema.POOLED_CAPTION_LATENTS] = schema.LATENT_ENCODING
         columns[schema.ORIGINAL_SIZE] = schema.LATENT_ENCODING
+    for key in extra_caption_keys:
+        columns[schema.has_caption_key(key)] = "int"
+        columns[schema.caption_latents_key(key)] = schema.LATENT_ENCODING
+        if sdxl:
+            columns[schema.pooled_caption_latents_key(key)] = schema.LATENT_ENCODING
     return columns
 
 
-def check_input(in_dir: str, in_columns: dict[str, str], caption_key: str, resolutions: list[int]) -> None:
+def check_input(in_dir: str, in_columns: dict[str, str], caption_key: str, resolutions: list[int],
+                extra_caption_keys: list[str] = ()) -> None:
     index = os.path.join(in_dir, "index.json")
     if not in_columns:
         raise StageError(f"{index} lists no samples")
-    for needed in (schema.IMAGE, caption_key, "photo_id"):
+    for needed in (schema.IMAGE, caption_key, "photo_id", *extra_caption_keys):
         if needed not in in_columns:
             hint = " (run data_prep.caption first, or pass --caption-key)" if needed == caption_key else ""
             raise StageError(f"{index} has no column {needed!r}{hint}; its columns are {sorted(in_columns)}")
@@ -193,6 +206,21 @@ def save_empty_caption_latents(out_dir: str, encoder: LatentEncoder, np_dtype) -
     return paths
 
 
+def extra_caption_latents(encoder: LatentEncoder, texts: list[str], caption_key: str) -> dict[str, list]:
+    """Per sample, has_{key} and the latents of another caption column (a 1-element placeholder where its
+    text is empty), keyed by the columns they are stored in. Only non-empty texts are encoded."""
+    present = [i for i, t in enumerate(texts) if t.strip()]
+    encoded = encoder.encode_captions([texts[i] for i in present]) if present else {}
+    names = {schema.CAPTION_LATENTS: schema.caption_latents_key(caption_key),
+             schema.POOLED_CAPTION_LATENTS: schema.pooled_caption_latents_key(caption_key)}
+    kinds = [schema.CAPTION_LATENTS] + ([schema.POOLED_CAPTION_LATENTS] if encoder.text_encoder_2 is not None else [])
+    out = {names[k]: [np.zeros((1,), np.float32)] * len(texts) for k in kinds}
+    for k, values in encoded.items():
+        for row, value in zip(present, values.cpu().numpy()):
+            out[names[k]][row] = value
+    return out, [int(i in present) for i in range(len(texts))]
+
+
 def _decode(item):
     """(key, sample as read, undecoded) -> pixels per resolution, or the reason it cannot be used. Runs in a
     thread pool: Pillow releases the GIL while decoding and resizing."""
@@ -208,9 +236,9 @@ def _decode(item):
 def run(args: argparse.Namespace) -> dict:
     rank, world = get_rank_world()
     in_columns = read_columns(args.in_dir)
-    check_input(args.in_dir, in_columns, args.caption_key, args.resolutions)
+    check_input(args.in_dir, in_columns, args.caption_key, args.resolutions, args.extra_caption_keys)
     sdxl = bool(args.text_encoder_2)
-    columns = output_columns(in_columns, args.resolutions, args.drop_image, sdxl)
+    columns = output_columns(in_columns, args.resolutions, args.drop_image, sdxl, args.extra_caption_keys)
     np_dtype = NUMPY_DTYPES[args.dtype]
 
     device = torch.device(args.device) if args.device else default_device()
@@ -224,6 +252,7 @@ def run(args: argparse.Namespace) -> dict:
         "resolutions": list(args.resolutions), "dtype": args.dtype, "caption_key": args.caption_key,
         "drop_image": args.drop_image, "scaling_factor": encoder.scaling_factor,
         "tokenizer_max_length": int(encoder.tokenizer.model_max_length),
+        "extra_caption_keys": list(args.extra_caption_keys),
     }
     if sdxl:
         settings.update(text_encoder_2=args.text_encoder_2, text_encoder_2_subfolder=args.text_encoder_2_subfolder,
@@ -248,14 +277,19 @@ def run(args: argparse.Namespace) -> dict:
                    for res in args.resolutions}
         text = {k: v.cpu().numpy() for k, v in
                 encoder.encode_captions([str(g[1][args.caption_key].decode()) for g in good]).items()}
+        extra = {k: extra_caption_latents(encoder, [str(g[1][k].decode() or "") for g in good], k)
+                 for k in args.extra_caption_keys}
         for i, (key, sample, decoded) in enumerate(good):
             arrays = {schema.image_latents_key(res): latents[res][i] for res in args.resolutions}
             arrays.update({k: v[i] for k, v in text.items()})
+            for caption_key, (columns_of_key, present) in extra.items():
+                arrays.update({k: v[i] for k, v in columns_of_key.items()})
             if not all(np.isfinite(a).all() for a in arrays.values()):  # e.g. a VAE overflowing in fp16
                 out.skip(key, "nonfinite_latents", sample)
                 continue
             kept = {k: v for k, v in sample.items() if k in columns}  # still Encoded: copied byte for byte
             kept.update({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in arrays.items()})
+            kept.update({schema.has_caption_key(k): present[i] for k, (_, present) in extra.items()})
             if sdxl:  # where each crop sits, for micro-conditioning
                 kept[schema.ORIGINAL_SIZE] = np.asarray(decoded["size"], dtype=np.int32)
                 kept.update({schema.crop_top_left_key(res): np.asarray(decoded[res][1], dtype=np.int32)
@@ -307,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-2-subfolder", default="tokenizer_2")
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], help="square center-crop sides")
     p.add_argument("--caption-key", default=schema.BLIP2_CAPTION, help="input column holding the caption")
+    p.add_argument("--extra-caption-keys", nargs="*", default=[], metavar="KEY",
+                   help="more caption columns to encode (e.g. title description) for dataset.caption_selection_probs")
     p.add_argument("--dtype", choices=sorted(NUMPY_DTYPES), default="fp16", help="storage dtype of the arrays")
     p.add_argument("--compute-dtype", choices=sorted(TORCH_DTYPES), default="fp32",
                    help="dtype the VAE and text encoder run in (fp16/bf16 are faster on GPU)")

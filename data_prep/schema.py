@@ -45,6 +45,21 @@ EMPTY_POOLED_CAPTION_LATENTS_FILE = "empty_pooled_caption_latents.npy"
 ORIGINAL_SIZE = "original_size"  # the stored image's (height, width) before the resize to a training resolution
 
 
+def caption_latents_key(caption_key: str) -> str:
+    """Latents of another caption column (`--extra-caption-keys`, e.g. the original title) for multi-caption
+    training. Where that caption is empty, has_caption_key(caption_key) is 0 and the array a 1-element
+    placeholder (MDS cannot store an empty array)."""
+    return f"{CAPTION_LATENTS}_{caption_key}"
+
+
+def has_caption_key(caption_key: str) -> str:
+    return f"has_{caption_key}"
+
+
+def pooled_caption_latents_key(caption_key: str) -> str:
+    return f"{POOLED_CAPTION_LATENTS}_{caption_key}"
+
+
 def crop_top_left_key(resolution: int) -> str:
     """(top, left) of the square crop, in the image resized to `resolution`, that latents_{res} encode."""
     return f"crop_top_left_{resolution}"
