@@ -163,6 +163,14 @@ def test_xl_trains_from_yaml_and_exports_to_sdxl_pipeline(demo_dir, tmp_path):
     assert isinstance(load_model(exported), StableDiffusionXL)
     torch.testing.assert_close(again, expected, rtol=0, atol=1e-5)
 
+    # our sampling CLI takes the SDXL folder and the checkpoint alike (eval's generation goes through load_model too)
+    from diffusion.generate import main as generate_main
+
+    for source in (exported, checkpoint):
+        out = tmp_path / ("gen_" + os.path.basename(source))
+        assert generate_main([source, "--prompt", PROMPTS[0], "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+        assert sorted(os.listdir(out)) == ["generate.json", "grid.png", "p000_s0.png", "p000_s1.png"]
+
 
 def test_flops_only_counts_an_sdxl_step_at_real_size():
     from benchmarks.train_throughput import count_train_flops_per_image, meta_model
