@@ -57,13 +57,14 @@ from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from benchmarks.report import write_result
+from benchmarks.sdxl_sizes import latent_extras, meta_sdxl_model, pixel_extras
 from diffusion.algorithms.fast_attention import choose_backend, set_attention
 from diffusion.models import tiny
 from diffusion.models.builder import build_stable_diffusion
 from diffusion.models.noise import training_scheduler
 from diffusion.models.stable_diffusion import (CAPTION_LATENTS, CAPTIONS, IMAGE, IMAGE_LATENTS,
                                                StableDiffusion)
-from diffusion.models.unet_configs import UNET_CONFIGS, unet_config
+from diffusion.models.unet_configs import UNET_CONFIGS, unet_config, uses_micro_conditioning
 from diffusion.train import build_optimizer
 
 BENCHMARK = "train_throughput"
@@ -133,6 +134,8 @@ def save_sd2_size_components(folder: str) -> str:
 
 def build_model(config: str, workdir: str) -> StableDiffusion:
     torch.manual_seed(0)
+    if uses_micro_conditioning(unet_config(config)):
+        raise BenchmarkError(f"--config {config}: SDXL conditioning is counted with --flops-only; its timed rows are not built yet")
     if config == "tiny":
         return build_stable_diffusion(unet="tiny", vae="tiny", text_encoder="tiny", tokenizer="tiny")
     folder = save_sd2_size_components(os.path.join(workdir, "components"))
@@ -154,6 +157,8 @@ def meta_copy(model: StableDiffusion) -> StableDiffusion:
 
 def meta_model(config: str) -> StableDiffusion:
     """A meta-device model of `config` built without any real weights (for --flops-only at real sizes)."""
+    if uses_micro_conditioning(unet_config(config)):
+        return meta_sdxl_model(config)
     tok_dir = tempfile.mkdtemp(prefix="bench_tok_")
     tokenizer = CLIPTokenizer.from_pretrained(
         tiny.save_tiny_tokenizer(tok_dir, model_max_length=16 if config == "tiny" else 77))
@@ -177,7 +182,7 @@ def pixel_batch(model: StableDiffusion, batch_size: int, resolution: int, device
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.rand(batch_size, 3, resolution, resolution, generator=gen) * 2 - 1
     tokens = torch.randint(0, len(model.tokenizer), (batch_size, model.tokenizer.model_max_length), generator=gen)
-    return {IMAGE: pixels.to(device), CAPTIONS: tokens.to(device)}
+    return {IMAGE: pixels.to(device), CAPTIONS: tokens.to(device), **pixel_extras(model, tokens.to(device))}
 
 
 def count_train_flops_per_image(model: StableDiffusion, resolution: int, latents: bool, n: int = 2) -> int:
@@ -191,7 +196,8 @@ def count_train_flops_per_image(model: StableDiffusion, resolution: int, latents
         batch = {IMAGE_LATENTS: torch.zeros(n, meta.unet.config.in_channels, resolution // f, resolution // f,
                                             device="meta"),
                  CAPTION_LATENTS: torch.zeros(n, meta.tokenizer.model_max_length,
-                                              meta.text_encoder.config.hidden_size, device="meta")}
+                                              meta.unet.config.cross_attention_dim, device="meta"),
+                 **latent_extras(meta, n)}
     else:
         batch = pixel_batch(meta, n, resolution, "meta")
     with FlopCounterMode(display=False) as counter:

@@ -17,6 +17,19 @@ image out) and these are added, as diffusion.datasets.text_image reads them with
                    as StableDiffusion.tokenize does (padding to model_max_length, truncation).
                    Shape (model_max_length, hidden_size).
 
+With `--text-encoder-2/--tokenizer-2` (SDXL, for `model.unet: sdxl`), caption_latents are instead both
+encoders' penultimate hidden states concatenated (diffusion.models.sdxl.encode_sdxl_text), and these are added:
+  pooled_caption_latents   the second encoder's projected text embedding, (projection_dim,)
+  original_size            the stored image's (height, width), int32
+  crop_top_left_{res}      where the square crop of latents_{res} sits in the resized image, (top, left) int32
+and OUT_DIR/empty_pooled_caption_latents.npy (model.empty_pooled_caption_latents).
+
+With `--extra-caption-keys title description` (multi-caption training, the paper's synthetic-vs-alt-text
+ablation), each listed column's text gets its own caption_latents_{key} (and for SDXL
+pooled_caption_latents_{key}), encoded the same way, and has_{key} (int 0/1); a sample whose text there is
+empty has has_{key} = 0 and a 1-element placeholder array, and training falls back to the main caption
+(dataset.caption_selection_probs).
+
 Arrays are stored as `ndarray` columns in float16 (default) or float32. OUT_DIR/empty_caption_latents.npy
 holds the empty caption's latents, in the same dtype, for classifier-free-guidance dropout
 (model.empty_caption_latents in a training yaml), so dropped captions match stored ones exactly.
@@ -37,8 +50,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision import transforms
-
 from data_prep import schema
 from data_prep.json_records import changed_settings, read_settings, write_json_atomic
 from data_prep.shards import get_rank_world, iter_mds, read_columns
@@ -56,15 +67,12 @@ FINGERPRINT_FLAGS = ("vae", "vae_subfolder", "text_encoder", "text_encoder_subfo
                      "tokenizer_subfolder", "resolutions", "caption_key", "dtype", "compute_dtype", "drop_image")
 
 
-def pixel_transform(resolution: int) -> transforms.Compose:
-    """PIL RGB image -> (3, res, res) float tensor in [-1, 1]. Deliberately the same steps as the non-random
-    branch of diffusion.datasets.text_image.TextImageDataset, so precomputed and on-the-fly latents agree."""
-    return transforms.Compose([
-        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-        transforms.CenterCrop(resolution),
-        transforms.ToTensor(),
-        transforms.Normalize([0.5], [0.5]),
-    ])
+def pixel_transform(resolution: int):
+    """PIL RGB image -> ((3, res, res) float tensor in [-1, 1], crop top-left): the training dataset's own
+    centre-crop transform (diffusion.datasets.text_image.SquareCrop), so precomputed and on-the-fly agree."""
+    from diffusion.datasets.text_image import SquareCrop
+
+    return SquareCrop(resolution, random_crop=False)
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -84,9 +92,13 @@ class LatentEncoder:
     tokenizer: object
     device: torch.device
     compute_dtype: torch.dtype = torch.float32
+    text_encoder_2: torch.nn.Module | None = None  # SDXL's second encoder (CLIPTextModelWithProjection)
+    tokenizer_2: object = None
 
     def __post_init__(self):
-        for model in (self.vae, self.text_encoder):
+        for model in (self.vae, self.text_encoder, self.text_encoder_2):
+            if model is None:
+                continue
             model.requires_grad_(False)
             model.eval()
             model.to(self.device)
@@ -101,39 +113,64 @@ class LatentEncoder:
         return posterior.mean.float() * self.scaling_factor
 
     @torch.inference_mode()
-    def encode_captions(self, captions: list[str]) -> torch.Tensor:
-        """(N, max_length, hidden) float32: the text encoder's last hidden state."""
+    def encode_captions(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """{caption_latents: (N, max_length, hidden)} float32 (the text encoder's last hidden state), or for
+        SDXL the concatenated penultimate states plus {pooled_caption_latents: (N, projection_dim)}."""
         ids = tokenize(self.tokenizer, captions).to(self.device)
-        return self.text_encoder(ids)[0].float()
+        if self.text_encoder_2 is None:
+            return {schema.CAPTION_LATENTS: self.text_encoder(ids)[0].float()}
+        from diffusion.models.sdxl import encode_sdxl_text
+
+        hidden, pooled = encode_sdxl_text(self.text_encoder, self.text_encoder_2, ids,
+                                          tokenize(self.tokenizer_2, captions).to(self.device))
+        return {schema.CAPTION_LATENTS: hidden.float(), schema.POOLED_CAPTION_LATENTS: pooled.float()}
 
 
 def load_encoder(args: argparse.Namespace, device: torch.device) -> LatentEncoder:
-    from diffusion.models.components import load_text_encoder, load_tokenizer, load_vae
+    from diffusion.models.components import (load_text_encoder, load_text_encoder_with_projection, load_tokenizer,
+                                             load_vae)
 
+    second = {}
     try:
         tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_subfolder)
         text_encoder = load_text_encoder(args.text_encoder, args.text_encoder_subfolder, tokenizer=tokenizer)
+        if args.text_encoder_2:
+            tokenizer_2 = load_tokenizer(args.tokenizer_2, args.tokenizer_2_subfolder, key="--tokenizer-2")
+            second = dict(tokenizer_2=tokenizer_2, text_encoder_2=load_text_encoder_with_projection(
+                args.text_encoder_2, args.text_encoder_2_subfolder, tokenizer=tokenizer_2))
         vae = load_vae(args.vae, args.vae_subfolder)
     except FileNotFoundError:
         raise
     except OSError as exc:  # a hub name that does not resolve, a folder without weights, ...
         raise StageError(f"loading the models: {str(exc).splitlines()[0]}") from exc
-    return LatentEncoder(vae, text_encoder, tokenizer, device, TORCH_DTYPES[args.compute_dtype])
+    return LatentEncoder(vae, text_encoder, tokenizer, device, TORCH_DTYPES[args.compute_dtype], **second)
 
 
-def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_image: bool) -> dict[str, str]:
+def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_image: bool, sdxl: bool = False,
+                   extra_caption_keys: list[str] = ()) -> dict[str, str]:
     columns = {k: v for k, v in in_columns.items() if not (drop_image and k == schema.IMAGE)}
     for res in resolutions:
         columns[schema.image_latents_key(res)] = schema.LATENT_ENCODING
+        if sdxl:
+            columns[schema.crop_top_left_key(res)] = schema.LATENT_ENCODING
     columns[schema.CAPTION_LATENTS] = schema.LATENT_ENCODING
+    if sdxl:
+        columns[schema.POOLED_CAPTION_LATENTS] = schema.LATENT_ENCODING
+        columns[schema.ORIGINAL_SIZE] = schema.LATENT_ENCODING
+    for key in extra_caption_keys:
+        columns[schema.has_caption_key(key)] = "int"
+        columns[schema.caption_latents_key(key)] = schema.LATENT_ENCODING
+        if sdxl:
+            columns[schema.pooled_caption_latents_key(key)] = schema.LATENT_ENCODING
     return columns
 
 
-def check_input(in_dir: str, in_columns: dict[str, str], caption_key: str, resolutions: list[int]) -> None:
+def check_input(in_dir: str, in_columns: dict[str, str], caption_key: str, resolutions: list[int],
+                extra_caption_keys: list[str] = ()) -> None:
     index = os.path.join(in_dir, "index.json")
     if not in_columns:
         raise StageError(f"{index} lists no samples")
-    for needed in (schema.IMAGE, caption_key, "photo_id"):
+    for needed in (schema.IMAGE, caption_key, "photo_id", *extra_caption_keys):
         if needed not in in_columns:
             hint = " (run data_prep.caption first, or pass --caption-key)" if needed == caption_key else ""
             raise StageError(f"{index} has no column {needed!r}{hint}; its columns are {sorted(in_columns)}")
@@ -157,14 +194,36 @@ def check_settings(out_dir: str, settings: dict, rank: int) -> None:
         write_json_atomic(path, settings)
 
 
-def save_empty_caption_latents(out_dir: str, encoder: LatentEncoder, np_dtype) -> str:
-    """(max_length, hidden) latents of "" in the storage dtype, written atomically."""
-    path = os.path.join(out_dir, schema.EMPTY_CAPTION_LATENTS_FILE)
-    array = encoder.encode_captions([""])[0].cpu().numpy().astype(np_dtype)
-    tmp = path + ".tmp.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
-    return path
+EMPTY_FILES = {schema.CAPTION_LATENTS: schema.EMPTY_CAPTION_LATENTS_FILE,
+               schema.POOLED_CAPTION_LATENTS: schema.EMPTY_POOLED_CAPTION_LATENTS_FILE}
+
+
+def save_empty_caption_latents(out_dir: str, encoder: LatentEncoder, np_dtype) -> list[str]:
+    """The latents of "" ((max_length, hidden), and for SDXL the pooled (projection_dim,)) in the storage
+    dtype, each written atomically."""
+    paths = []
+    for key, array in encoder.encode_captions([""]).items():
+        path = os.path.join(out_dir, EMPTY_FILES[key])
+        tmp = path + ".tmp.npy"
+        np.save(tmp, array[0].cpu().numpy().astype(np_dtype))
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def extra_caption_latents(encoder: LatentEncoder, texts: list[str], caption_key: str) -> dict[str, list]:
+    """Per sample, has_{key} and the latents of another caption column (a 1-element placeholder where its
+    text is empty), keyed by the columns they are stored in. Only non-empty texts are encoded."""
+    present = [i for i, t in enumerate(texts) if t.strip()]
+    encoded = encoder.encode_captions([texts[i] for i in present]) if present else {}
+    names = {schema.CAPTION_LATENTS: schema.caption_latents_key(caption_key),
+             schema.POOLED_CAPTION_LATENTS: schema.pooled_caption_latents_key(caption_key)}
+    kinds = [schema.CAPTION_LATENTS] + ([schema.POOLED_CAPTION_LATENTS] if encoder.text_encoder_2 is not None else [])
+    out = {names[k]: [np.zeros((1,), np.float32)] * len(texts) for k in kinds}
+    for k, values in encoded.items():
+        for row, value in zip(present, values.cpu().numpy()):
+            out[names[k]][row] = value
+    return out, [int(i in present) for i in range(len(texts))]
 
 
 def _decode(item):
@@ -173,7 +232,7 @@ def _decode(item):
     key, sample, transforms_by_res = item
     try:
         image = sample[schema.IMAGE].decode().convert("RGB")
-        return {res: t(image) for res, t in transforms_by_res.items()}, None
+        return {"size": (image.height, image.width), **{res: t(image) for res, t in transforms_by_res.items()}}, None
     except (OSError, ValueError) as exc:  # Pillow's truncated/corrupt data errors
         log.warning("sample %s: image cannot be decoded: %s", key, exc)
         return None, "undecodable_image"
@@ -182,8 +241,9 @@ def _decode(item):
 def run(args: argparse.Namespace) -> dict:
     rank, world = get_rank_world()
     in_columns = read_columns(args.in_dir)
-    check_input(args.in_dir, in_columns, args.caption_key, args.resolutions)
-    columns = output_columns(in_columns, args.resolutions, args.drop_image)
+    check_input(args.in_dir, in_columns, args.caption_key, args.resolutions, args.extra_caption_keys)
+    sdxl = bool(args.text_encoder_2)
+    columns = output_columns(in_columns, args.resolutions, args.drop_image, sdxl, args.extra_caption_keys)
     np_dtype = NUMPY_DTYPES[args.dtype]
     record = prepare_stage_output(STAGE, args, {k: getattr(args, k) for k in FINGERPRINT_FLAGS}, rank, world,
                                   extra_patterns=(SETTINGS_FILE, schema.EMPTY_CAPTION_LATENTS_FILE + "*"))
@@ -199,7 +259,11 @@ def run(args: argparse.Namespace) -> dict:
         "resolutions": list(args.resolutions), "dtype": args.dtype, "caption_key": args.caption_key,
         "drop_image": args.drop_image, "scaling_factor": encoder.scaling_factor,
         "tokenizer_max_length": int(encoder.tokenizer.model_max_length),
+        "extra_caption_keys": list(args.extra_caption_keys),
     }
+    if sdxl:
+        settings.update(text_encoder_2=args.text_encoder_2, text_encoder_2_subfolder=args.text_encoder_2_subfolder,
+                        tokenizer_2=args.tokenizer_2, tokenizer_2_subfolder=args.tokenizer_2_subfolder)
     check_settings(args.out_dir, settings, rank)
     if rank == 0:
         save_empty_caption_latents(args.out_dir, encoder, np_dtype)
@@ -216,17 +280,27 @@ def run(args: argparse.Namespace) -> dict:
                 good.append((key, sample, pixels))
         if not good:
             return
-        latents = {res: encoder.encode_images(torch.stack([g[2][res] for g in good])).cpu().numpy()
+        latents = {res: encoder.encode_images(torch.stack([g[2][res][0] for g in good])).cpu().numpy()
                    for res in args.resolutions}
-        text = encoder.encode_captions([str(g[1][args.caption_key].decode()) for g in good]).cpu().numpy()
-        for i, (key, sample, _) in enumerate(good):
+        text = {k: v.cpu().numpy() for k, v in
+                encoder.encode_captions([str(g[1][args.caption_key].decode()) for g in good]).items()}
+        extra = {k: extra_caption_latents(encoder, [str(g[1][k].decode() or "") for g in good], k)
+                 for k in args.extra_caption_keys}
+        for i, (key, sample, decoded) in enumerate(good):
             arrays = {schema.image_latents_key(res): latents[res][i] for res in args.resolutions}
-            arrays[schema.CAPTION_LATENTS] = text[i]
+            arrays.update({k: v[i] for k, v in text.items()})
+            for caption_key, (columns_of_key, present) in extra.items():
+                arrays.update({k: v[i] for k, v in columns_of_key.items()})
             if not all(np.isfinite(a).all() for a in arrays.values()):  # e.g. a VAE overflowing in fp16
                 out.skip(key, "nonfinite_latents", sample)
                 continue
             kept = {k: v for k, v in sample.items() if k in columns}  # still Encoded: copied byte for byte
             kept.update({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in arrays.items()})
+            kept.update({schema.has_caption_key(k): present[i] for k, (_, present) in extra.items()})
+            if sdxl:  # where each crop sits, for micro-conditioning
+                kept[schema.ORIGINAL_SIZE] = np.asarray(decoded["size"], dtype=np.int32)
+                kept.update({schema.crop_top_left_key(res): np.asarray(decoded[res][1], dtype=np.int32)
+                             for res in args.resolutions})
             out.write(key, kept)
 
     def manifest_flags(merged: int) -> dict:
@@ -267,8 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder-subfolder", default="text_encoder")
     p.add_argument("--tokenizer", required=True, help="hub name or local folder of a CLIPTokenizer")
     p.add_argument("--tokenizer-subfolder", default="tokenizer")
+    p.add_argument("--text-encoder-2", help="SDXL only: hub name or local folder of the second text encoder "
+                   "(CLIPTextModelWithProjection); stores concatenated hidden states, pooled embedding and crops")
+    p.add_argument("--text-encoder-2-subfolder", default="text_encoder_2")
+    p.add_argument("--tokenizer-2", help="SDXL only: the second text encoder's tokenizer")
+    p.add_argument("--tokenizer-2-subfolder", default="tokenizer_2")
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], help="square center-crop sides")
     p.add_argument("--caption-key", default=schema.BLIP2_CAPTION, help="input column holding the caption")
+    p.add_argument("--extra-caption-keys", nargs="*", default=[], metavar="KEY",
+                   help="more caption columns to encode (e.g. title description) for dataset.caption_selection_probs")
     p.add_argument("--dtype", choices=sorted(NUMPY_DTYPES), default="fp16", help="storage dtype of the arrays")
     p.add_argument("--compute-dtype", choices=sorted(TORCH_DTYPES), default="fp32",
                    help="dtype the VAE and text encoder run in (fp16/bf16 are faster on GPU)")
@@ -285,7 +366,10 @@ def main(argv: list[str] | None = None) -> dict:
     if min(args.resolutions) < 8:
         sys.exit(f"{STAGE}: --resolutions must be >= 8, got {args.resolutions}")
     args.resolutions = sorted(set(args.resolutions))
-    for name in ("vae_subfolder", "text_encoder_subfolder", "tokenizer_subfolder"):
+    if bool(args.text_encoder_2) != bool(args.tokenizer_2):
+        sys.exit(f"{STAGE}: --text-encoder-2 and --tokenizer-2 go together (SDXL's second text encoder)")
+    for name in ("vae_subfolder", "text_encoder_subfolder", "tokenizer_subfolder", "text_encoder_2_subfolder",
+                 "tokenizer_2_subfolder"):
         setattr(args, name, getattr(args, name) or None)
     return run_stage_cli(STAGE, run, args)
 

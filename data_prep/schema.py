@@ -37,6 +37,32 @@ def image_latents_key(resolution: int) -> str:
 CAPTION_LATENTS = "caption_latents"  # text-encoder last hidden state, (seq_len, dim)
 LATENT_ENCODING = "ndarray"  # dtype (float16 by default, float32 on request) travels with the array
 EMPTY_CAPTION_LATENTS_FILE = "empty_caption_latents.npy"  # written once beside the shards' index.json
+# SDXL (two text encoders): caption_latents holds both encoders' penultimate hidden states concatenated, plus
+# the second encoder's projected pooled embedding, and the size/crop the image latents were made with
+# (int32 pairs, height first) for micro-conditioning.
+POOLED_CAPTION_LATENTS = "pooled_caption_latents"
+EMPTY_POOLED_CAPTION_LATENTS_FILE = "empty_pooled_caption_latents.npy"
+ORIGINAL_SIZE = "original_size"  # the stored image's (height, width) before the resize to a training resolution
+
+
+def caption_latents_key(caption_key: str) -> str:
+    """Latents of another caption column (`--extra-caption-keys`, e.g. the original title) for multi-caption
+    training. Where that caption is empty, has_caption_key(caption_key) is 0 and the array a 1-element
+    placeholder (MDS cannot store an empty array)."""
+    return f"{CAPTION_LATENTS}_{caption_key}"
+
+
+def has_caption_key(caption_key: str) -> str:
+    return f"has_{caption_key}"
+
+
+def pooled_caption_latents_key(caption_key: str) -> str:
+    return f"{POOLED_CAPTION_LATENTS}_{caption_key}"
+
+
+def crop_top_left_key(resolution: int) -> str:
+    """(top, left) of the square crop, in the image resized to `resolution`, that latents_{res} encode."""
+    return f"crop_top_left_{resolution}"
 
 MANIFEST_FILE = "manifest.json"
 

@@ -1,10 +1,12 @@
-"""Exports a training checkpoint as a diffusers StableDiffusionPipeline folder with a model card and attribution.
+"""Exports a training checkpoint as a diffusers pipeline folder with a model card and attribution.
 
     python -m diffusion.export CHECKPOINT OUTDIR [--no-ema] [--dtype fp16|bf16|fp32] [--overwrite]
                                [--config train_config.yaml] [--shards DIR ...] [--eval-results JSON ...]
 
 OUTDIR gets unet/ vae/ text_encoder/ tokenizer/ scheduler/ model_index.json (safetensors weights), loadable
-offline with `StableDiffusionPipeline.from_pretrained(OUTDIR)`, plus:
+offline with `StableDiffusionPipeline.from_pretrained(OUTDIR)` -- or, for the SDXL layouts (`sdxl`, two text
+encoders and micro-conditioning), also text_encoder_2/ tokenizer_2/, loadable with
+`StableDiffusionXLPipeline.from_pretrained(OUTDIR)` -- plus:
   README.md                 model card: architecture, data split (C / NC) decided from the licenses counted
                             in the training shards, images per license, training steps, eval results
   ATTRIBUTION.tsv / .md     one row per training image (data_prep.attribution), or ATTRIBUTION.txt pointing
@@ -14,10 +16,12 @@ offline with `StableDiffusionPipeline.from_pretrained(OUTDIR)`, plus:
   commoncanvas_export.json  which weights (ema | online), dtype, source checkpoint and its step
 
 The scheduler saved is DDIM (the project's default sampler) built from the training noise schedule, so the
-prediction type, betas and timestep spacing match training. All three UNet layouts export to the plain
+prediction type, betas and timestep spacing match training. `sd2` and `sdxl_size` export to the plain
 StableDiffusionPipeline: `sdxl_size` has SDXL's block layout but no micro-conditioning (no added size/crop
-embeddings) and one 1024-d text encoder, which is exactly what StableDiffusionPipeline drives, while
-StableDiffusionXLPipeline would demand two text encoders and added time ids.
+embeddings) and one 1024-d text encoder, which is exactly what StableDiffusionPipeline drives. `sdxl`
+exports to StableDiffusionXLPipeline with `force_zeros_for_empty_prompt=False` (the unconditional branch is
+the encoded empty caption, as classifier-free-guidance dropout trained it, not zeros) and diffusers' own
+invisible watermark off (it has nothing to say about this model: see diffusion.provenance).
 
 The folder is written under OUTDIR.partial and renamed into place at the end, so a crash never leaves a
 half-written OUTDIR. --overwrite replaces only a folder that is itself an exported pipeline.
@@ -73,21 +77,33 @@ def _check_shards(shards: list[str]) -> None:
             raise FileNotFoundError(f"{shard_dir}: no MDS index.json (training shards for the attribution list)")
 
 
+def pipeline_class_name(model) -> str:
+    from diffusion.models.sdxl import StableDiffusionXL
+
+    return "StableDiffusionXLPipeline" if isinstance(model, StableDiffusionXL) else "StableDiffusionPipeline"
+
+
 def build_pipeline(loaded: LoadedCheckpoint):
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     from diffusion.models.samplers import inference_scheduler
 
     model = loaded.model
+    scheduler = inference_scheduler(SAMPLER, model.noise_scheduler.config)
+    if pipeline_class_name(model) == "StableDiffusionXLPipeline":
+        return diffusers.StableDiffusionXLPipeline(
+            vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+            tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet, scheduler=scheduler,
+            force_zeros_for_empty_prompt=False, add_watermarker=False,
+        )
     if model.unet.config.get("addition_embed_type"):
         raise ModelLoadError(
             f"{loaded.path}: UNet uses addition_embed_type={model.unet.config.addition_embed_type!r} "
             "(micro-conditioning), which StableDiffusionPipeline cannot drive"
         )
-    return StableDiffusionPipeline(
+    return diffusers.StableDiffusionPipeline(
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=inference_scheduler(SAMPLER, model.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
 
@@ -102,9 +118,17 @@ def architecture(loaded: LoadedCheckpoint) -> dict:
     if noise.get("rescale_betas_zero_snr"):
         schedule += ", rescaled to zero terminal SNR"
     note = None
+    pipeline = pipeline_class_name(model)
+    text_params = count(model.text_encoder)
     if str(cfg.model.unet) == "sdxl_size":
         note = ("SDXL-size UNet without micro-conditioning and with one text encoder: it loads with "
                 "StableDiffusionPipeline, not StableDiffusionXLPipeline.")
+    if pipeline == "StableDiffusionXLPipeline":
+        text_params += count(model.text_encoder_2)
+        note = (f"SDXL conditioning: two text encoders (hidden states concatenated to {unet.cross_attention_dim} "
+                "channels, plus the second encoder's pooled embedding) and size/crop micro-conditioning. "
+                "Loads with StableDiffusionXLPipeline; its defaults (original_size = target_size = the requested "
+                f"size, crops_coords_top_left = (0, 0)) match how it was sampled in training; native {resolution} px.")
     return {
         "unet_layout": layout,
         "down_blocks": list(unet.down_block_types),
@@ -112,7 +136,8 @@ def architecture(loaded: LoadedCheckpoint) -> dict:
         "layers_per_block": unet.layers_per_block,
         "transformer_layers": unet.get("transformer_layers_per_block", 1),
         "cross_attention_dim": unet.cross_attention_dim,
-        "params": {"unet": count(model.unet), "vae": count(model.vae), "text_encoder": count(model.text_encoder)},
+        "params": {"unet": count(model.unet), "vae": count(model.vae), "text_encoder": text_params},
+        "pipeline_class": pipeline,
         "resolution": resolution,
         "latent_size": resolution // factor,
         "vae_factor": factor,

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "train_config.yaml"  # same name train.py writes (diffusion.train.CONFIG_FILE)
 EXPORT_RECORD = "commoncanvas_export.json"  # written by diffusion.export: which weights, from which checkpoint
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+XL_PARTS = ("text_encoder_2", "tokenizer_2")  # a StableDiffusionXLPipeline folder has these as well
 
 
 class ModelLoadError(ValueError):
@@ -202,9 +203,12 @@ def read_export_record(folder: str) -> dict:
 
 
 def load_pipeline_folder(path: str, ema: bool | None = None) -> StableDiffusion:
-    """A diffusers StableDiffusionPipeline folder -> StableDiffusion (fp32; noise schedule from scheduler/)."""
+    """A diffusers StableDiffusionPipeline folder -> StableDiffusion, or a StableDiffusionXLPipeline folder ->
+    StableDiffusionXL (fp32; noise schedule from scheduler/)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from diffusion.models.sdxl import StableDiffusionXL
 
     missing = [p for p in PIPELINE_PARTS if not os.path.isdir(os.path.join(path, p))]
     if missing:
@@ -223,6 +227,12 @@ def load_pipeline_folder(path: str, ema: bool | None = None) -> StableDiffusion:
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch.float32)
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        if all(os.path.isdir(os.path.join(path, p)) for p in XL_PARTS):
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", dtype=torch.float32)
+            tokenizer_2 = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2")
+            return StableDiffusionXL(unet, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, noise_scheduler).eval()
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelLoadError(f"{path}: could not load the pipeline folder ({str(exc).splitlines()[0]})") from None
+    if unet.config.get("addition_embed_type"):
+        raise ModelLoadError(f"{path}: the UNet uses micro-conditioning but the folder has no {' / '.join(XL_PARTS)}")
     return StableDiffusion(unet, vae, text_encoder, tokenizer, noise_scheduler).eval()

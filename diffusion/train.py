@@ -1,7 +1,7 @@
 """`job: train` — builds a composer.Trainer from a yaml and fits it.
 
 Sections and where their keys land:
-  model       -> diffusion.models.builder.build_stable_diffusion
+  model       -> diffusion.models.builder.build_stable_diffusion (StableDiffusion, or StableDiffusionXL for sdxl layouts)
   dataset     -> diffusion.datasets.text_image.build_dataloader (batch size comes from trainer.train_batch_size)
   optimizer   -> build_optimizer (AdamW over the UNet's parameters)
   scheduler   -> build_scheduler (Composer LR schedulers with warmup)
@@ -106,7 +106,7 @@ class TrainConfig:
     run_name: Any = None
     variables: Any = dataclasses.field(default_factory=dict)  # free values for ${variables.x}; no builder reads them
     model: Any = _default(schema_from(build_stable_diffusion, "ModelArgs"))
-    dataset: Any = _default(schema_from(build_dataloader, "DatasetArgs", exclude=("batch_size", "tokenizer")))
+    dataset: Any = _default(schema_from(build_dataloader, "DatasetArgs", exclude=("batch_size", "tokenizer", "tokenizer_2")))
     optimizer: Any = _default(schema_from(build_optimizer, "OptimizerArgs", exclude=("params",)))
     scheduler: Any = _default(schema_from(build_scheduler, "SchedulerArgs"))
     algorithms: Any = _default(optional_sections("AlgorithmsArgs", ALGORITHMS))
@@ -147,7 +147,8 @@ def build_trainer(cfg) -> Trainer:
         raise ConfigError(f"trainer.train_batch_size={global_batch} is not divisible by the world size {world}")
     reproducibility.seed_all(trainer_args["seed"])
     model = build_stable_diffusion(**as_kwargs(cfg.model))
-    dataloader = build_dataloader(batch_size=global_batch // world, tokenizer=model.tokenizer, **as_kwargs(cfg.dataset))
+    dataloader = build_dataloader(batch_size=global_batch // world, tokenizer=model.tokenizer,
+                                  tokenizer_2=getattr(model, "tokenizer_2", None), **as_kwargs(cfg.dataset))
     optimizer = build_optimizer(model.unet.parameters(), **as_kwargs(cfg.optimizer))
     save_folder = trainer_args["save_folder"] or "."
     save_resolved_config(cfg, save_folder)

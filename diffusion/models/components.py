@@ -10,7 +10,7 @@ import os
 import tempfile
 
 from diffusers import AutoencoderKL
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffusion.models import tiny
 
@@ -25,10 +25,10 @@ def _check_local(key: str, name_or_path: str, subfolder: str | None) -> None:
             raise FileNotFoundError(f"{key}: no folder at {path}")
 
 
-def load_tokenizer(name_or_path: str, subfolder: str | None = "tokenizer") -> CLIPTokenizer:
+def load_tokenizer(name_or_path: str, subfolder: str | None = "tokenizer", key: str = "model.tokenizer") -> CLIPTokenizer:
     if name_or_path == TINY:
         return CLIPTokenizer.from_pretrained(tiny.save_tiny_tokenizer(tempfile.mkdtemp(prefix="tiny_tok_")))
-    _check_local("model.tokenizer", name_or_path, subfolder)
+    _check_local(key, name_or_path, subfolder)
     return CLIPTokenizer.from_pretrained(name_or_path, subfolder=subfolder or "")
 
 
@@ -37,6 +37,16 @@ def load_text_encoder(name_or_path: str, subfolder: str | None = "text_encoder",
         return tiny.tiny_text_encoder(len(tokenizer), hidden_size=hidden_size, max_positions=tokenizer.model_max_length)
     _check_local("model.text_encoder", name_or_path, subfolder)
     return CLIPTextModel.from_pretrained(name_or_path, subfolder=subfolder or "")
+
+
+def load_text_encoder_with_projection(name_or_path: str, subfolder: str | None = "text_encoder_2", tokenizer=None,
+                                      hidden_size: int = 32) -> CLIPTextModelWithProjection:
+    """SDXL's second text encoder (`model.text_encoder_2`): hidden states and a projected pooled embedding."""
+    if name_or_path == TINY:
+        return tiny.tiny_text_encoder_with_projection(len(tokenizer), hidden_size=hidden_size,
+                                                      max_positions=tokenizer.model_max_length)
+    _check_local("model.text_encoder_2", name_or_path, subfolder)
+    return CLIPTextModelWithProjection.from_pretrained(name_or_path, subfolder=subfolder or "")
 
 
 def load_vae(name_or_path: str, subfolder: str | None = "vae") -> AutoencoderKL:

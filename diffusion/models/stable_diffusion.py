@@ -33,26 +33,38 @@ class StableDiffusion(ComposerModel):
         min_snr_gamma: float | None = None,
         empty_caption_latents: torch.Tensor | None = None,
     ):
-        super().__init__()
-        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self._init_shared(unet, vae, noise_scheduler, caption_drop_prob, offset_noise, min_snr_gamma)
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self._freeze("vae", "text_encoder")
+        if empty_caption_latents is None:
+            empty_caption_latents = self.encode_prompts([""])[0]
+        self._register_constant("empty_caption_latents", empty_caption_latents)
+
+    def _init_shared(self, unet, vae, noise_scheduler, caption_drop_prob, offset_noise, min_snr_gamma) -> None:
+        """What every conditioning scheme has: the trainable UNet, the frozen VAE, the noise and its loss."""
+        ComposerModel.__init__(self)
+        self.unet, self.vae = unet, vae
         self.noise_scheduler = noise_scheduler
         self.caption_drop_prob = caption_drop_prob
         self.offset_noise = offset_noise
         self.min_snr_gamma = min_snr_gamma
         self.latent_scale = vae.config.scaling_factor
-        for frozen in (vae, text_encoder):
-            frozen.requires_grad_(False)
-            frozen.eval()
-        if empty_caption_latents is None:
-            empty_caption_latents = self.encode_prompts([""])[0]
-        # Kept as a buffer so it follows the model to its device and into checkpoints.
-        self.register_buffer("empty_caption_latents", empty_caption_latents.float().detach(), persistent=True)
         self.train_loss = MeanMetric()
+
+    def _freeze(self, *names: str) -> None:
+        self._frozen = names
+        for name in names:
+            getattr(self, name).requires_grad_(False)
+            getattr(self, name).eval()
+
+    def _register_constant(self, name: str, value: torch.Tensor) -> None:
+        # A buffer, so it follows the model to its device and into checkpoints.
+        self.register_buffer(name, value.float().detach(), persistent=True)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.vae.eval()
-        self.text_encoder.eval()
+        for name in getattr(self, "_frozen", ()):
+            getattr(self, name).eval()
         return self
 
     # ---- conditioning -------------------------------------------------------------------------
@@ -83,14 +95,22 @@ class StableDiffusion(ComposerModel):
         empty = self.empty_caption_latents.to(caption_latents.dtype).expand_as(caption_latents)
         return torch.where(drop, empty, caption_latents)
 
-    # ---- training -------------------------------------------------------------------------------
-    def forward(self, batch):
-        latents = batch[IMAGE_LATENTS] if IMAGE_LATENTS in batch else self.encode_images(batch[IMAGE])
+    def batch_conditioning(self, batch, latents: torch.Tensor) -> dict:
+        """The UNet's conditioning keyword arguments for a training batch, after CFG dropout."""
         if CAPTION_LATENTS in batch:
             caption_latents = batch[CAPTION_LATENTS]
         else:
             caption_latents = self.encode_tokens(batch[CAPTIONS])
-        caption_latents = self.drop_captions(caption_latents)
+        return {"encoder_hidden_states": self.drop_captions(caption_latents)}
+
+    def prompt_conditioning(self, prompts: Sequence[str], height: int, width: int) -> dict:
+        """The UNet's conditioning keyword arguments for sampling `prompts` at height x width pixels."""
+        return {"encoder_hidden_states": self.encode_prompts(prompts)}
+
+    # ---- training -------------------------------------------------------------------------------
+    def forward(self, batch):
+        latents = batch[IMAGE_LATENTS] if IMAGE_LATENTS in batch else self.encode_images(batch[IMAGE])
+        conditioning = self.batch_conditioning(batch, latents)
         noise = sample_noise(latents, self.offset_noise)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
@@ -100,7 +120,7 @@ class StableDiffusion(ComposerModel):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=caption_latents).sample
+        prediction = self.unet(noisy, timesteps, **conditioning).sample
         return prediction, target, timesteps
 
     def loss(self, outputs, batch):
@@ -141,15 +161,16 @@ class StableDiffusion(ComposerModel):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         height = height or self.unet.config.sample_size * factor
         width = width or self.unet.config.sample_size * factor
-        cond = self.encode_prompts(prompts)
-        uncond = self.encode_prompts(negative_prompts or [""] * n)
+        cond = self.prompt_conditioning(prompts, height, width)
+        uncond = self.prompt_conditioning(negative_prompts or [""] * n, height, width)
+        dtype = cond["encoder_hidden_states"].dtype
         scheduler = inference_scheduler(sampler, self.noise_scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (self.unet.config.in_channels, height // factor, width // factor)
         latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        latents = latents.to(device=device, dtype=cond.dtype) * scheduler.init_noise_sigma
+        latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
         use_cfg = guidance_scale > 1.0
-        context = torch.cat([uncond, cond]) if use_cfg else cond
+        context = _concat_conditioning(uncond, cond) if use_cfg else cond
         steps = scheduler.timesteps
         if progress:
             from tqdm import tqdm
@@ -158,10 +179,18 @@ class StableDiffusion(ComposerModel):
         for t in steps:
             model_input = torch.cat([latents] * 2) if use_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            pred = self.unet(model_input, t, encoder_hidden_states=context).sample
+            pred = self.unet(model_input, t, **context).sample
             if use_cfg:
                 pred_uncond, pred_cond = pred.chunk(2)
                 pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
             latents = scheduler.step(pred, t, latents).prev_sample
         images = self.vae.decode(latents / self.latent_scale).sample
         return (images / 2 + 0.5).clamp(0, 1).float()
+
+
+def _concat_conditioning(first: dict, second: dict) -> dict:
+    """Batch-concatenates two conditioning dicts (nested ones, e.g. SDXL's added_cond_kwargs, too)."""
+    return {
+        key: _concat_conditioning(value, second[key]) if isinstance(value, dict) else torch.cat([value, second[key]])
+        for key, value in first.items()
+    }

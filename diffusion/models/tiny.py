@@ -9,7 +9,7 @@ import json
 import os
 
 from diffusers import AutoencoderKL
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # Words the demo captions and the tests use; anything else falls back to character tokens.
 DEFAULT_WORDS = (
@@ -66,13 +66,22 @@ def save_tiny_tokenizer(out_dir: str, words=DEFAULT_WORDS, model_max_length: int
     return out_dir
 
 
-def tiny_text_encoder(vocab_size: int, hidden_size: int = 32, max_positions: int = 16) -> CLIPTextModel:
-    config = CLIPTextConfig(
+def _tiny_text_config(vocab_size: int, hidden_size: int, max_positions: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_positions,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **extra,
     )
-    return CLIPTextModel(config)
+
+
+def tiny_text_encoder(vocab_size: int, hidden_size: int = 32, max_positions: int = 16) -> CLIPTextModel:
+    return CLIPTextModel(_tiny_text_config(vocab_size, hidden_size, max_positions))
+
+
+def tiny_text_encoder_with_projection(vocab_size: int, hidden_size: int = 32, max_positions: int = 16,
+                                      projection_dim: int = 32) -> CLIPTextModelWithProjection:
+    """SDXL's second encoder kind (OpenCLIP bigG): hidden states plus a projected pooled embedding."""
+    return CLIPTextModelWithProjection(_tiny_text_config(vocab_size, hidden_size, max_positions, projection_dim=projection_dim))
 
 
 def tiny_vae(latent_channels: int = 4) -> AutoencoderKL:

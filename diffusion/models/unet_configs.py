@@ -1,4 +1,4 @@
-"""UNet layouts selectable from yaml (`model.unet`): the CommonCanvas S and L models and a tiny one for tests.
+"""UNet layouts selectable from yaml (`model.unet`): the CommonCanvas S, L and XL models and tiny ones for tests.
 
 Written out here (not downloaded) because the recipes train from scratch: only the layout is needed.
 `attention_head_dim` follows diffusers' legacy meaning for SD2 (it holds the number of heads per level:
@@ -44,6 +44,18 @@ SDXL_SIZE = dict(
     norm_num_groups=32,
 )
 
+# SDXL-base UNet ("XL", as CommonCanvas-XL): SDXL_SIZE's blocks with 2048-d cross-attention (two text encoders'
+# hidden states concatenated) and micro-conditioning: 6 time ids x 256 + the 1280-d pooled embedding = 2816.
+# sample_size 64: CommonCanvas-XL's native 512 px.
+SDXL = dict(
+    SDXL_SIZE,
+    sample_size=64,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+
 # A few-hundred-thousand-parameter UNet for CPU tests and the demo.
 TINY = dict(
     sample_size=8,
@@ -59,7 +71,21 @@ TINY = dict(
     norm_num_groups=8,
 )
 
-UNET_CONFIGS = {"sd2": SD2, "sdxl_size": SDXL_SIZE, "tiny": TINY}
+# TINY with SDXL's conditioning, for two tiny 32-d text encoders (projection 32): 6 x 8 + 32 = 80.
+TINY_XL = dict(
+    TINY,
+    cross_attention_dim=64,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=80,
+)
+
+UNET_CONFIGS = {"sd2": SD2, "sdxl_size": SDXL_SIZE, "sdxl": SDXL, "tiny": TINY, "tiny_xl": TINY_XL}
+
+
+def uses_micro_conditioning(config: dict) -> bool:
+    """SDXL's scheme (pooled text embedding + size/crop time ids), which needs StableDiffusionXL."""
+    return config.get("addition_embed_type") == "text_time"
 
 
 def unet_config(name: str, overrides: dict | None = None) -> dict:

@@ -18,22 +18,37 @@ SHRINK = {
            "norm_num_groups: 8, layers_per_block: 1}",
     "sdxl_size": "{block_out_channels: [32, 32, 32], attention_head_dim: 8, cross_attention_dim: 32, "
                  "transformer_layers_per_block: [1, 1, 2], norm_num_groups: 8, layers_per_block: 1}",
+    # two tiny 32-d encoders: 64-d hidden states, 32-d pooled + 6 time ids x 8
+    "sdxl": "{block_out_channels: [32, 32, 32], attention_head_dim: 8, cross_attention_dim: 64, "
+            "transformer_layers_per_block: [1, 1, 2], norm_num_groups: 8, layers_per_block: 1, "
+            "addition_time_embed_dim: 8, projection_class_embeddings_input_dim: 80}",
 }
 
 
-def test_all_four_recipes_exist():
+def test_all_six_recipes_exist():
     names = {os.path.basename(p) for p in RECIPES}
-    assert names == {f"commoncanvas-{s}-{d}.yaml" for s in "sl" for d in ("c", "nc")}
+    assert names == {f"commoncanvas-{s}-{d}.yaml" for s in ("s", "l", "xl") for d in ("c", "nc")}
 
 
-def write_latent_shards(remote, split, n=8, seq=16, dim=32):
+def write_latent_shards(remote, split, n=8, seq=16, dim=32, xl=False):
+    """Shards as data_prep.precompute_latents writes them (for XL: 2 x 32-d hidden states, pooled, size, crop)."""
     rng = np.random.RandomState(0)
-    out = os.path.join(remote, split, "latents")
-    with MDSWriter(out=out, columns={"photo_id": "str", "latents_256": "ndarray", "caption_latents": "ndarray"}) as w:
+    out = os.path.join(remote, split, "latents-xl" if xl else "latents")
+    columns = {"photo_id": "str", "latents_256": "ndarray", "caption_latents": "ndarray"}
+    if xl:
+        dim *= 2
+        columns.update(pooled_caption_latents="ndarray", original_size="ndarray", crop_top_left_256="ndarray")
+    with MDSWriter(out=out, columns=columns) as w:
         for i in range(n):
-            w.write({"photo_id": str(i), "latents_256": rng.randn(4, 8, 8).astype("float16"),
-                     "caption_latents": rng.randn(seq, dim).astype("float16")})
+            sample = {"photo_id": str(i), "latents_256": rng.randn(4, 8, 8).astype("float16"),
+                      "caption_latents": rng.randn(seq, dim).astype("float16")}
+            if xl:
+                sample.update(pooled_caption_latents=rng.randn(32).astype("float16"),
+                              original_size=np.array([300, 400], np.int32), crop_top_left_256=np.array([0, 40], np.int32))
+            w.write(sample)
     np.save(os.path.join(out, "empty_caption_latents.npy"), rng.randn(seq, dim).astype("float16"))
+    if xl:
+        np.save(os.path.join(out, "empty_pooled_caption_latents.npy"), rng.randn(32).astype("float16"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
@@ -50,7 +65,7 @@ def test_recipe_builds_and_trains_a_batch(path, tmp_path):
     split = raw.variables.split
     assert split == ("nc" if "-nc" in path else "c")
 
-    write_latent_shards(str(tmp_path / "remote"), split)
+    write_latent_shards(str(tmp_path / "remote"), split, xl=raw.model.unet == "sdxl")
     cfg = load_config(path, [
         f"variables.remote={tmp_path}/remote", f"variables.local={tmp_path}/cache", "variables.frozen_models=tiny",
         f"model.unet_overrides={SHRINK[raw.model.unet]}",
@@ -63,8 +78,9 @@ def test_recipe_builds_and_trains_a_batch(path, tmp_path):
     trainer = build_trainer(cfg)
     assert trainer.state.model.unet.config.down_block_types == list(
         {"sd2": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-         "sdxl_size": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]}[raw.model.unet])
-    stored_empty = np.load(f"{tmp_path}/remote/{split}/latents/empty_caption_latents.npy")
+         "sdxl_size": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+         "sdxl": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]}[raw.model.unet])
+    stored_empty = np.load(os.path.join(cfg.model.empty_caption_latents))
     assert np.allclose(trainer.state.model.empty_caption_latents.numpy(), stored_empty.astype("float32"))
     trainer.fit()
     assert int(trainer.state.timestamp.batch) == 1
