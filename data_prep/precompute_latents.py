@@ -64,7 +64,9 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}  # numpy has no bfloat16: not a storage option
 # Settings that decide the stored arrays (a resume may change batch size, workers, device).
 FINGERPRINT_FLAGS = ("vae", "vae_subfolder", "text_encoder", "text_encoder_subfolder", "tokenizer",
-                     "tokenizer_subfolder", "resolutions", "caption_key", "dtype", "compute_dtype", "drop_image")
+                     "tokenizer_subfolder", "resolutions", "caption_key", "dtype", "compute_dtype", "drop_image",
+                     "text_encoder_2", "text_encoder_2_subfolder", "tokenizer_2", "tokenizer_2_subfolder",
+                     "extra_caption_keys")
 
 
 def pixel_transform(resolution: int):
@@ -246,7 +248,8 @@ def run(args: argparse.Namespace) -> dict:
     columns = output_columns(in_columns, args.resolutions, args.drop_image, sdxl, args.extra_caption_keys)
     np_dtype = NUMPY_DTYPES[args.dtype]
     record = prepare_stage_output(STAGE, args, {k: getattr(args, k) for k in FINGERPRINT_FLAGS}, rank, world,
-                                  extra_patterns=(SETTINGS_FILE, schema.EMPTY_CAPTION_LATENTS_FILE + "*"))
+                                  extra_patterns=(SETTINGS_FILE, schema.EMPTY_CAPTION_LATENTS_FILE + "*",
+                                                  schema.EMPTY_POOLED_CAPTION_LATENTS_FILE + "*"))
 
     device = torch.device(args.device) if args.device else default_device()
     encoder = load_encoder(args, device)
