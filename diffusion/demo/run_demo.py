@@ -1,5 +1,6 @@
-"""`make demo`: draws the demo data, builds the tiny frozen parts, trains yamls/demo-cpu.yaml on the CPU,
-scores how well the samples follow their prompts at the start and the end, and exports a diffusers folder.
+"""`make demo`: draws the demo data, builds the tiny frozen parts (training the VAE), precomputes latents, trains
+yamls/demo-cpu.yaml on the CPU, scores how well the samples follow their prompts at the start and the end, and
+exports a diffusers folder; demo_report.json keeps the scores and the seconds each phase took.
 
 Every step skips what an earlier run already finished, and training resumes from its last checkpoint,
 so an interrupted demo picks up where it stopped.
