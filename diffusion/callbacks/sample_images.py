@@ -32,6 +32,18 @@ def image_grid(images: torch.Tensor, rows: int) -> Image.Image:
     return grid
 
 
+def save_upscaled_copy(grid: Image.Image, path: str, cell: int, min_cell: int) -> str | None:
+    """Writes `path` with an `_x{k}` suffix: the grid enlarged k times (nearest neighbour, so pixels stay
+    sharp and colours exact) until each cell is at least `min_cell` px. None when cells are big enough."""
+    factor = -(-min_cell // cell) if min_cell else 1
+    if factor <= 1:
+        return None
+    root, ext = os.path.splitext(path)
+    large = f"{root}_x{factor}{ext}"
+    grid.resize((grid.width * factor, grid.height * factor), Image.NEAREST).save(large)
+    return large
+
+
 class SampleImages(Callback):
     def __init__(
         self,
@@ -44,12 +56,14 @@ class SampleImages(Callback):
         height: int | None = None,
         width: int | None = None,
         folder: str = "samples",  # relative to the trainer's save_folder
+        upscaled_cell_px: int = 128,  # also write an enlarged copy when cells are smaller (0: don't)
     ):
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.every_n_batches = every_n_batches
         self.kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            sampler=sampler, height=height, width=width)
         self.folder = folder
+        self.upscaled_cell_px = upscaled_cell_px
         self.written: list[str] = []
 
     def sample(self, state: State, logger: Logger, tag: str) -> str | None:
@@ -71,7 +85,9 @@ class SampleImages(Callback):
             return None
         os.makedirs(self.folder, exist_ok=True)
         path = os.path.join(self.folder, f"samples_{tag}.png")
-        image_grid(images, rows=len(self.prompts)).save(path)
+        grid = image_grid(images, rows=len(self.prompts))
+        grid.save(path)
+        save_upscaled_copy(grid, path, min(images.shape[-2:]), self.upscaled_cell_px)
         self.written.append(path)
         logger.log_images(images, name="samples", step=int(state.timestamp.batch))
         return path

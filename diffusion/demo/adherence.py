@@ -38,13 +38,15 @@ def cell_colours(cell: np.ndarray, ring: int = 3, min_distance: float = 60.0) ->
 def score_grid(path: str, prompts: list[str], cell: int = 32) -> dict:
     grid = np.asarray(Image.open(path).convert("RGB"))
     cols = grid.shape[1] // cell
-    fg_hits = bg_hits = total = 0
+    fg_hits = bg_hits = both_hits = total = 0
     for row, prompt in enumerate(prompts):
         fg, _, bg = _PROMPT.fullmatch(prompt).groups()
         for col in range(cols):
             got_fg, got_bg = cell_colours(grid[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell])
             fg_hits += got_fg == fg
             bg_hits += got_bg == bg
+            both_hits += got_fg == fg and got_bg == bg
             total += 1
     return {"foreground_accuracy": fg_hits / total, "background_accuracy": bg_hits / total,
+            "both_accuracy": both_hits / total,  # cells whose shape AND background colours are both right
             "accuracy": (fg_hits + bg_hits) / (2 * total), "cells": total}

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from diffusion.demo.components import build_demo_components
+from diffusion.demo.components import build_demo_components, precompute_demo_latents
 from diffusion.demo.shapes import write_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -10,10 +10,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
-    """A small demo tree: 256 shapes samples and tiny saved components (VAE untrained: tests need speed)."""
+    """A small demo tree: 256 shapes samples, tiny saved components (VAE untrained: tests need speed) and
+    the samples' precomputed latents, which yamls/demo-cpu.yaml trains from."""
     root = tmp_path_factory.mktemp("demo")
     write_shapes(str(root / "data" / "shapes"), n=256, seed=0)
     build_demo_components(str(root / "models"), str(root / "data" / "shapes"), vae_steps=0)
+    precompute_demo_latents(str(root / "data" / "shapes"), str(root / "models"), str(root / "data" / "latents"))
     return str(root)
 
 

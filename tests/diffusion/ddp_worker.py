@@ -22,7 +22,7 @@ class RecordSamples(Callback):
         self.fingerprints = []
 
     def after_dataloader(self, state, logger):
-        for image in state.batch["image"]:
+        for image in state.batch["image_latents"]:  # the demo yaml trains from precomputed latents
             self.fingerprints.append(hashlib.sha1(image.numpy().tobytes()).hexdigest())
 
 

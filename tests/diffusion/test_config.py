@@ -14,9 +14,9 @@ def test_overrides_apply_and_interpolate():
     cfg = load_config(DEMO, ["variables.demo_dir=/data/x", "trainer.max_duration=7ba", "model.offset_noise=0.05"], TrainConfig)
     assert cfg.trainer.max_duration == "7ba"
     assert cfg.model.offset_noise == 0.05
-    assert cfg.dataset.local == "/data/x/data/shapes"
+    assert cfg.dataset.local == "/data/x/data/latents"
     # defaults of the builder signature fill keys the yaml leaves out
-    assert cfg.model.min_snr_gamma is None and cfg.optimizer.eps == 1e-8
+    assert cfg.model.vae_subfolder == "vae" and cfg.optimizer.eps == 1e-8
 
 
 def test_unknown_key_names_key_and_file():

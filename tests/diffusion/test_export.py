@@ -269,7 +269,8 @@ def test_eval_results_in_card(trained, tmp_path):
 @pytest.mark.parametrize("layout, overrides", [
     ("sdxl_size", {"model.unet_overrides.block_out_channels": "[32,64,64]",
                    "model.unet_overrides.attention_head_dim": "[4,8,8]",
-                   "model.unet_overrides.transformer_layers_per_block": "[1,2,2]"}),
+                   "model.unet_overrides.transformer_layers_per_block": "[1,2,2]",
+                   "model.prediction_type": "epsilon", "model.zero_terminal_snr": "false"}),
     ("sd2", {"model.unet_overrides.block_out_channels": "[32,32,64,64]",
              "model.unet_overrides.attention_head_dim": "[4,4,8,8]",
              "model.prediction_type": "v_prediction", "model.zero_terminal_snr": "true"}),

@@ -112,10 +112,16 @@ def test_sample_grids_written_at_start_and_end(demo_dir, tmp_path):
     trainer.fit()
     trainer.close()
     grids = sorted(glob.glob(str(tmp_path / "checkpoints" / "samples" / "*.png")))
-    assert [os.path.basename(g) for g in grids] == ["samples_ba0000000.png", "samples_ba0000002.png"]
+    # each raw grid has a nearest-neighbour copy beside it with cells of at least 128 px (32 px x 4)
+    assert [os.path.basename(g) for g in grids] == [
+        "samples_ba0000000.png", "samples_ba0000000_x4.png", "samples_ba0000002.png", "samples_ba0000002_x4.png"]
+    import numpy as np
     from PIL import Image
 
-    assert Image.open(grids[0]).size == (2 * 32, 4 * 32)  # 2 seeds across, 4 prompts down
+    raw, large = Image.open(grids[2]), Image.open(grids[3])
+    assert raw.size == (2 * 32, 6 * 32)  # 2 seeds across, the yaml's 6 prompts down
+    assert large.size == (2 * 128, 6 * 128)
+    assert np.array_equal(np.asarray(large)[::4, ::4], np.asarray(raw))  # exact pixels, no smoothing
 
 
 def test_channels_last_and_compile_switches(demo_dir, tmp_path):
