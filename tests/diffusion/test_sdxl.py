@@ -121,7 +121,10 @@ def test_square_crop_records_where_it_cropped(random_crop):
 
 def _train_xl(demo_dir, out_dir, batches):
     overrides = {"trainer.max_duration": f"{batches}ba", "trainer.save_interval": f"{batches}ba",
-                 "algorithms.ema.half_life": "1ba", "scheduler.t_warmup": "1ba", "trainer.seed": 5, **XL_OVERRIDES}
+                 "algorithms.ema.half_life": "1ba", "scheduler.t_warmup": "1ba", "trainer.seed": 5, **XL_OVERRIDES,
+                 # the pixel path: the demo's precomputed latents are the one-encoder model's
+                 "dataset.local": f"{demo_dir}/data/shapes", "dataset.precomputed_latents": False,
+                 "dataset.caption_key": "caption", "model.empty_caption_latents": None}
     trainer = build_trainer(load_config(DEMO, demo_overrides(demo_dir, out_dir, **overrides), TrainConfig))
     seen = []  # the batch keys the model saw
     original_forward = trainer.state.model.forward
