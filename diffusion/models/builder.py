@@ -1,6 +1,8 @@
 """`model:` section of a training yaml -> StableDiffusion. Each argument here is a yaml key of that section."""
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
@@ -9,6 +11,7 @@ from diffusion.models.components import load_text_encoder, load_tokenizer, load_
 from diffusion.models.noise import training_scheduler
 from diffusion.models.stable_diffusion import StableDiffusion
 from diffusion.models.unet_configs import unet_config
+from diffusion.remote_files import local_copy
 
 
 def build_stable_diffusion(
@@ -42,7 +45,8 @@ def build_stable_diffusion(
         )
     empty = None
     if empty_caption_latents:
-        empty = torch.from_numpy(np.load(empty_caption_latents)).float()
+        with tempfile.TemporaryDirectory() as tmp:  # on object storage beside the shards in the recipes
+            empty = torch.from_numpy(np.load(local_copy(empty_caption_latents, tmp))).float()
         empty = empty[0] if empty.ndim == 3 else empty
     return StableDiffusion(
         unet=UNet2DConditionModel(**config),
