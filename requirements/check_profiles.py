@@ -20,8 +20,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROFILES = ("gpu", "cloud", "loggers")
-FORBIDDEN = re.compile(r"^(torch|torchvision|triton|nvidia-.*)$")
+FORBIDDEN = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")  # torch 2.13 on PyPI pulls cuda-toolkit
 OWN_NAME = "commoncanvas-recipes"
+TIMEOUT_S = 900  # one resolve; metadata only, but over the network
 NOISE = "is ignored: it is neither"  # pip's note about this machine's partial local index
 
 
@@ -35,7 +36,10 @@ def dry_run(requirements: list[str]) -> list[tuple[str, str]]:
         report = os.path.join(tmp, "report.json")
         cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--dry-run", "--quiet",
                "--report", report, "-c", os.path.join(HERE, "constraints.txt"), *requirements]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"error: pip install --dry-run {' '.join(requirements)} took over {TIMEOUT_S} s") from None
         if proc.returncode:
             log = "\n".join(l for l in (proc.stdout + proc.stderr).splitlines() if NOISE not in l)
             raise SystemExit(f"error: pip install {' '.join(requirements)} does not resolve:\n{log}")
@@ -55,7 +59,7 @@ def problems(changes: list[tuple[str, str]]) -> list[str]:
     found = []
     for name, version in changes:
         if FORBIDDEN.match(name):
-            found.append(f"would install {name}=={version} (torch and CUDA wheels stay as constraints.txt pins them)")
+            found.append(f"would install {name}=={version} (torch stays as constraints.txt pins it; no CUDA wheels)")
             continue
         try:
             have = importlib.metadata.version(name)
