@@ -8,18 +8,32 @@ DEMO_DIR ?= demo_out
 
 .PHONY: install demo test clean-demo
 
-install: $(STAMP)
+# Optional profiles on top of the base CPU install: make install EXTRAS=gpu,cloud,loggers (requirements/<name>.txt)
+EXTRAS ?=
+comma := ,
+PROFILES := $(subst $(comma), ,$(EXTRAS))
+$(foreach p,$(PROFILES),$(if $(filter $(p),gpu cloud loggers),,$(error EXTRAS: no profile '$(p)'; one of: gpu cloud loggers)))
+
+install: $(STAMP) $(PROFILES:%=$(VENV)/.installed-%)
 
 # Constraints pin the CPU torch wheel and its torchvision on every pip call, so nothing pulls CUDA wheels.
-$(STAMP): requirements/base.txt requirements/no-deps.txt requirements/constraints.txt setup.py
+# (On a CUDA machine the same torch==2.13.0 pin resolves to a CUDA build: see README, "GPU node".)
+$(STAMP): requirements/base.txt requirements/test.txt requirements/no-deps.txt requirements/constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt > $(VENV)/install.log 2>&1 \
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt -r requirements/test.txt > $(VENV)/install.log 2>&1 \
 		|| { grep -v "is ignored: it is neither" $(VENV)/install.log; exit 1; }
 	$(PIP) install -q --no-deps -r requirements/no-deps.txt
 	$(PIP) install -q --no-deps -e .
 	$(PY) -m diffusion.compat.torchvision_cpu
 	$(PY) -c "import composer, streaming, diffusers, transformers, cleanfid, torchvision"
 	touch $(STAMP)
+
+# A profile resolves together with the base pins (so it can't move them), then its modules must import.
+$(VENV)/.installed-%: requirements/%.txt $(STAMP)
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt -r requirements/test.txt -r $< \
+		> $(VENV)/install-$*.log 2>&1 || { grep -v "is ignored: it is neither" $(VENV)/install-$*.log; exit 1; }
+	$(PY) -m diffusion.extras --verify $*
+	touch $@
 
 demo: install
 	$(PY) -m diffusion.demo.run_demo --out $(DEMO_DIR)

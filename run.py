@@ -20,6 +20,7 @@ def main(argv=None) -> int:
         print(__doc__.strip() + f"\njobs: {', '.join(JOBS)}")
         return 0 if argv else 2
     from diffusion.config import ConfigError, load_config
+    from diffusion.extras import check_config
 
     path, overrides = argv[0], argv[1:]
     try:
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"{path}: job must be one of {sorted(JOBS)}, not {job!r}")
         module = importlib.import_module(JOBS[job])
         cfg = load_config(path, overrides, module.CONFIG_SCHEMA)
+        check_config(cfg, path)  # remotes and loggers whose clients are not installed, before any model is built
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,10 +21,13 @@ import dataclasses
 import json
 import logging
 import os
+import posixpath
+import tempfile
 
 import torch
 
 from diffusion.models.stable_diffusion import StableDiffusion
+from diffusion.remote_files import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +66,9 @@ def load_model(path: str, ema: bool | None = True, device: str = "cpu", config: 
     exported; asking for the other kind is an error when the folder records which it holds.
     `config` overrides where a checkpoint's train_config.yaml is looked for (default: beside it).
     """
-    if not os.path.exists(path):
+    if not is_remote(path) and not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file or model folder")
-    if os.path.isdir(path):
+    if not is_remote(path) and os.path.isdir(path):
         model = load_pipeline_folder(path, ema)
     else:
         model = load_checkpoint(path, ema, config).model
@@ -163,8 +166,19 @@ def _describe_mismatch(model: torch.nn.Module, weights: dict) -> str | None:
 
 
 def load_checkpoint(path: str, ema: bool | None = True, config: str | None = None) -> LoadedCheckpoint:
-    """The model rebuilt from the training yaml with the checkpoint's weights, plus what export needs to know."""
+    """The model rebuilt from the training yaml with the checkpoint's weights, plus what export needs to know.
+
+    A remote checkpoint (s3://... as the Trainer saved it; Composer's `latest-rank0.pt` symlink is followed)
+    is downloaded with its train_config.yaml into a temporary folder for the load."""
     from diffusion.config import as_kwargs, load_config
+    from diffusion.remote_files import local_copy
+
+    if is_remote(path) or (config and is_remote(config)):
+        config = config or f"{posixpath.dirname(path)}/{CONFIG_FILE}"
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = load_checkpoint(local_copy(path, os.path.join(tmp, "checkpoint")), ema,
+                                     local_copy(config, os.path.join(tmp, "config")))
+        return dataclasses.replace(loaded, config_path=config, path=path)
     from diffusion.models.builder import build_stable_diffusion
     from diffusion.train import TrainConfig
 

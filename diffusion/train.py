@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from typing import Any
 
 import torch
 from composer import Trainer
 from composer.algorithms import EMA, ChannelsLast
 from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
-from composer.loggers import FileLogger, TensorboardLogger, WandBLogger
+from composer.loggers import FileLogger, RemoteUploaderDownloader, TensorboardLogger
 from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler, LinearWithWarmupScheduler
 from composer.utils import dist, reproducibility
 from omegaconf import MISSING, OmegaConf
@@ -35,6 +36,8 @@ from diffusion.callbacks.sample_images import SampleImages
 from diffusion.config import ConfigError, as_kwargs, optional_sections, schema_from
 from diffusion.datasets.text_image import build_dataloader
 from diffusion.models.builder import build_stable_diffusion
+from diffusion.remote_files import is_remote, upload
+from diffusion.wandb_logger import ResumableWandBLogger
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,14 @@ CALLBACKS = {
     "lr_monitor": LRMonitor,
     "memory_monitor": MemoryMonitor,
 }
-LOGGERS = {"file": FileLogger, "wandb": WandBLogger, "tensorboard": TensorboardLogger}
+LOGGERS = {
+    "file": FileLogger,
+    "wandb": ResumableWandBLogger,  # Composer's WandBLogger; its checkpoint lookup no longer breaks autoresume
+    "tensorboard": TensorboardLogger,
+    # optional: how checkpoints reach a remote save_folder (Composer makes a default one, uploading from
+    # spawned processes; one given here for the same bucket is used instead, e.g. use_procs: false for threads)
+    "remote_uploader_downloader": RemoteUploaderDownloader,
+}
 SCHEDULERS = {
     "linear_with_warmup": LinearWithWarmupScheduler,
     "constant_with_warmup": ConstantWithWarmupScheduler,
@@ -131,8 +141,16 @@ CONFIG_FILE = "train_config.yaml"  # written beside the checkpoints; export and 
 
 
 def save_resolved_config(cfg, save_folder: str) -> str | None:
+    """Writes `train_config.yaml` into the save folder (uploaded through Composer's object store if remote)."""
     if dist.get_global_rank() != 0:
         return None
+    if is_remote(save_folder):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, CONFIG_FILE)
+            OmegaConf.save(cfg, local, resolve=True)
+            remote = f"{save_folder.rstrip('/')}/{CONFIG_FILE}"
+            upload(local, remote)
+        return remote
     os.makedirs(save_folder, exist_ok=True)
     path = os.path.join(save_folder, CONFIG_FILE)
     OmegaConf.save(cfg, path, resolve=True)
@@ -152,13 +170,15 @@ def build_trainer(cfg) -> Trainer:
     optimizer = build_optimizer(model.unet.parameters(), **as_kwargs(cfg.optimizer))
     save_folder = trainer_args["save_folder"] or "."
     save_resolved_config(cfg, save_folder)
-    # callbacks that write files put them under the save folder unless given an absolute path
-    sample_folder = os.path.join(save_folder, (as_kwargs(cfg.callbacks.sample_images) or {}).get("folder", "samples")) \
+    # callbacks that write files put them under the save folder (a local `run_name` folder when that is
+    # remote: Composer uploads only checkpoints) unless given an absolute path
+    files_folder = (cfg.run_name or "run") if is_remote(save_folder) else save_folder
+    sample_folder = os.path.join(files_folder, (as_kwargs(cfg.callbacks.sample_images) or {}).get("folder", "samples")) \
         if cfg.callbacks.sample_images is not None else None
     callbacks = _build_each(
         CALLBACKS, cfg.callbacks,
         sample_images={"folder": sample_folder} if sample_folder else {},
-        nan_guard={"folder": save_folder},
+        nan_guard={"folder": files_folder},
     ) + [ResumeRNG()]  # not a yaml switch: without it a mid-epoch resume repeats earlier noise
     return Trainer(
         run_name=cfg.run_name,

@@ -40,13 +40,16 @@ def run_job_cli(argv: list[str] | None, prog: str, description: str, schema: typ
     """`python -m eval.<job> YAML [key=value ...]`: the yaml checked exactly as `run.py` checks it, then the job.
     Returns (exit status, the job's result); an error is one line on stderr and status 2."""
     from diffusion.config import load_config
+    from diffusion.extras import check_config
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help=f"yaml with {schema.__name__} fields")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     try:  # ConfigError is a ValueError
-        return 0, run(load_config(args.config, args.overrides, schema))
+        cfg = load_config(args.config, args.overrides, schema)
+        check_config(cfg, args.config)
+        return 0, run(cfg)
     except (FileNotFoundError, ValueError, KeyError, OmegaConfBaseException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None

@@ -6,6 +6,8 @@ StableDiffusionXL and needs `text_encoder_2`/`tokenizer_2`; every other layout b
 """
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
@@ -15,6 +17,7 @@ from diffusion.models.noise import training_scheduler
 from diffusion.models.sdxl import StableDiffusionXL
 from diffusion.models.stable_diffusion import StableDiffusion
 from diffusion.models.unet_configs import unet_config, uses_micro_conditioning
+from diffusion.remote_files import local_copy
 
 
 def build_stable_diffusion(
@@ -90,5 +93,6 @@ def _load_npy(path: str | None, squeeze_to: int) -> torch.Tensor | None:
     """An empty-caption array the latents stage saved (with or without a leading batch axis of 1)."""
     if not path:
         return None
-    array = torch.from_numpy(np.load(path)).float()
+    with tempfile.TemporaryDirectory() as tmp:  # on object storage beside the shards in the recipes
+        array = torch.from_numpy(np.load(local_copy(path, tmp))).float()
     return array[0] if array.ndim == squeeze_to + 1 else array
