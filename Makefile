@@ -38,8 +38,16 @@ $(VENV)/.installed-%: requirements/%.txt $(STAMP)
 demo: install
 	$(PY) -m diffusion.demo.run_demo --out $(DEMO_DIR)
 
+# Shuffled by pytest-randomly, on both cores by pytest-xdist (whole files per worker, so module fixtures are
+# built once). The seed is printed first; `make test SEED=N` replays that order. pytest's exit 5 (no test
+# collected, e.g. a PYTEST_ARGS -k that matches nothing) is said in one line and is not a failure, so CI
+# reports a run that ran no test instead of failing (see .ci/run).
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest tests -q
+	@seed=$(SEED); seed=$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "test order: pytest-randomly seed $$seed (same order again: make test SEED=$$seed)"; \
+	$(PY) -m pytest tests -q -p randomly --randomly-seed=$$seed -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest exit 5: no test was collected"; rc=0; fi; exit $$rc
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -56,7 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from benchmarks.report import write_result
+from benchmarks.report import percent, safe_ratio, write_result
 from benchmarks.sdxl_sizes import latent_extras, meta_sdxl_model, pixel_extras
 from diffusion.algorithms.fast_attention import choose_backend, set_attention
 from diffusion.models import tiny
@@ -259,9 +259,11 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize()
 
 
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> dict:
-    """Best FLOP/s of a large square matmul: the practical peak MFU is measured against."""
-    n, iters, repeats = (8192, 20, 5) if device.type == "cuda" else (2048, 3, 3)
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> dict:
+    """Best FLOP/s of a large square matmul: the practical peak MFU is measured against. Kept to 3 significant
+    figures (not 3 decimals: a CPU without bf16 kernels measures ~0.0001 TFLOP/s, which must not become 0)."""
+    iters, repeats = (20, 5) if device.type == "cuda" else (3, 3)
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -274,7 +276,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> dict:
             a @ b
         timer.mark()
         best = min(best, timer.step_seconds()[0])
-    return {"n": n, "tflops": round(2 * n ** 3 * iters / best / 1e12, 3)}
+    return {"n": n, "tflops": float(f"{2 * n ** 3 * iters / best / 1e12:.3g}")}
 
 
 # ---- one row -------------------------------------------------------------------------------------------
@@ -400,14 +402,16 @@ def add_derived(result: dict) -> None:
     for r in result["rows"]:
         if "images_per_s" not in r:
             continue
-        r["speedup_vs_a"] = round(r["images_per_s"] / base, 3) if base else None
-        r["mfu_vs_measured_bf16_peak"] = round(useful * r["images_per_s"] / (result["peak_matmul"]["bf16"]["tflops"] * 1e12), 4)
+        # every denominator here is measured (row a's rate, the bf16 peak) and can be zero: None, shown "n/a"
+        r["speedup_vs_a"] = safe_ratio(r["images_per_s"], base, 3)
+        r["mfu_vs_measured_bf16_peak"] = safe_ratio(useful * r["images_per_s"],
+                                                    result["peak_matmul"]["bf16"]["tflops"] * 1e12)
         if result["spec_peak_bf16_tflops"]:
-            r["mfu_vs_spec_bf16_peak"] = round(useful * r["images_per_s"] / (result["spec_peak_bf16_tflops"] * 1e12), 4)
+            r["mfu_vs_spec_bf16_peak"] = safe_ratio(useful * r["images_per_s"], result["spec_peak_bf16_tflops"] * 1e12)
     best = rows.get("f") or rows.get("e")
     if result["device"] != "cpu" and best and "images_per_s" in best:
         checks = {"full_stack_speedup_ge_3x": (best.get("speedup_vs_a") or 0) >= TARGET_SPEEDUP,
-                  "mfu_ge_40pct_vs_measured_peak": best["mfu_vs_measured_bf16_peak"] >= TARGET_MFU}
+                  "mfu_ge_40pct_vs_measured_peak": (best["mfu_vs_measured_bf16_peak"] or 0) >= TARGET_MFU}
         result["targets_met"] = checks
 
 
@@ -447,12 +451,13 @@ def to_markdown(result: dict) -> str:
     lines += [header + " notes |", rule + "---|"]
     for r in result["rows"]:
         notes = "; ".join(r["notes"] + ([r["error"]] if "error" in r else []))
-        cells = [r["key"], r["change"], r.get("images_per_s", "failed"), r.get("speedup_vs_a", ""),
+        cells = [r["key"], r["change"], r.get("images_per_s", "failed"),
+                 "n/a" if r.get("speedup_vs_a", "") is None else r.get("speedup_vs_a", ""),
                  r.get("step_ms_median", ""), f"{r['step_ms_min']}-{r['step_ms_max']}" if "step_ms_min" in r else "",
                  fmt_bytes(r.get("peak_memory_bytes")),
-                 f"{100 * r['mfu_vs_measured_bf16_peak']:.2f}%" if "mfu_vs_measured_bf16_peak" in r else ""]
+                 percent(r["mfu_vs_measured_bf16_peak"]) if "mfu_vs_measured_bf16_peak" in r else ""]
         if spec:
-            cells.append(f"{100 * r['mfu_vs_spec_bf16_peak']:.2f}%" if "mfu_vs_spec_bf16_peak" in r else "")
+            cells.append(percent(r["mfu_vs_spec_bf16_peak"]) if "mfu_vs_spec_bf16_peak" in r else "")
         lines.append("| " + " | ".join(map(str, cells + [notes])) + " |")
     lines += ["", "Targets (project issue, GPU bf16): full stack >= 3x row a; SD2 UNet MFU >= 40%."]
     if "targets_met" in result:
@@ -511,7 +516,8 @@ def benchmark(args) -> dict:
     with torch.no_grad():  # the same images and captions, encoded once: what the latents stage stores
         latents = {IMAGE_LATENTS: model.encode_images(pixels[IMAGE]),
                    CAPTION_LATENTS: model.encode_tokens(pixels[CAPTIONS])}
-    peak = {"bf16": matmul_peak_tflops(device, torch.bfloat16), "fp32": matmul_peak_tflops(device, torch.float32)}
+    peak = {"bf16": matmul_peak_tflops(device, torch.bfloat16, args.peak_size),
+            "fp32": matmul_peak_tflops(device, torch.float32, args.peak_size)}
     rows = []
     for key in tqdm(args.rows, desc="rows", disable=args.no_progress):
         rows.append(run_row(ROWS[key], model, pristine_unet, {"pixels": pixels, "latents": latents}, args, device))
@@ -548,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also torch.compile row f on CPU (slow to warm up)")
     p.add_argument("--spec-peak-tflops", type=float, default=None,
                    help="data-sheet dense bf16 peak for a second MFU column (known GPUs are filled in)")
+    p.add_argument("--peak-size", type=int, default=None,
+                   help="side of the square matmul that measures the peak; default: 8192 on GPU, 2048 on CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flops-only", action="store_true", help="count FLOPs per image only (meta device, no timing)")
     p.add_argument("--out", default=os.path.join("benchmarks", "results"))

@@ -1,15 +1,21 @@
 import os
 
-import pytest
-
 # Tests never reach a hub: everything is built from config or read from local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One torch thread per test process (and, through the environment, per subprocess the tests start): tests use
+# tiny tensors, where a second intra-op thread only adds synchronisation, and `make test` already runs two
+# xdist workers on two cores. With two threads per process on busy cores a tiny UNet training step cost
+# ~40x the CPU time (threads spin waiting for each other). Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

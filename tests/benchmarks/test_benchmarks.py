@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import dataloader_throughput, train_throughput
+from benchmarks import dataloader_throughput, report, train_throughput
 
 
 def test_train_throughput_tiny_rows_and_derived_figures(tmp_path):
+    # row d is the bf16 path: tiny UNet at 32 px keeps it cheap on CPUs without bf16 kernels; so does the
+    # 64^3 peak matmul (the default 2048^3 takes minutes in bf16 there)
     result = train_throughput.main(["--config", "tiny", "--resolution", "32", "--batch-size", "2", "--steps", "2",
-                                    "--warmup", "0", "--rows", "a,c,d", "--out", str(tmp_path), "--no-progress"])
+                                    "--warmup", "0", "--rows", "a,c,d", "--peak-size", "64", "--out", str(tmp_path),
+                                    "--no-progress"])
     assert [r["key"] for r in result["rows"]] == ["a", "c", "d"]
     rows = {r["key"]: r for r in result["rows"]}
     assert rows["a"]["speedup_vs_a"] == 1.0 and rows["a"]["attention"] == "math"
@@ -21,14 +24,41 @@ def test_train_throughput_tiny_rows_and_derived_figures(tmp_path):
     flops = result["flops"]
     # the pixel path adds the VAE encoder and text encoder to the same UNet step
     assert 0 < flops["unet_train_step_per_image"] < flops["pixel_path_step_per_image"]
+    assert result["peak_matmul"]["bf16"]["n"] == 64 and result["peak_matmul"]["fp32"]["tflops"] > 0
+    peak = result["peak_matmul"]["bf16"]["tflops"]
     for r in result["rows"]:
-        expected = flops["unet_train_step_per_image"] * r["images_per_s"] / (result["peak_matmul"]["bf16"]["tflops"] * 1e12)
-        assert r["mfu_vs_measured_bf16_peak"] == pytest.approx(expected, rel=1e-2, abs=1e-4)
+        if peak:
+            expected = flops["unet_train_step_per_image"] * r["images_per_s"] / (peak * 1e12)
+            assert r["mfu_vs_measured_bf16_peak"] == pytest.approx(expected, rel=1e-2, abs=1e-4)
+        else:
+            assert r["mfu_vs_measured_bf16_peak"] is None
         assert r["peak_memory_bytes"] > 0 and r["final_loss"] == r["final_loss"]  # finite, not NaN
     saved = json.loads((tmp_path / "train_throughput_tiny_32_cpu.json").read_text())
     assert saved["rows"] == result["rows"]
     table = (tmp_path / "train_throughput_tiny_32_cpu.md").read_text()
     assert "not a performance claim" in table and "| d | + bf16 autocast" in table
+
+
+def test_derived_figures_are_none_when_a_measured_denominator_is_zero():
+    """A CPU without bf16 kernels can measure a peak that rounds to 0, and a row can time at 0 images/s."""
+    result = {"device": "cuda", "spec_peak_bf16_tflops": 0,
+              "flops": {"unet_train_step_per_image": 10 ** 9, "pixel_path_step_per_image": 2 * 10 ** 9},
+              "peak_matmul": {"bf16": {"n": 64, "tflops": 0.0}, "fp32": {"n": 64, "tflops": 0.5}},
+              "rows": [{"key": k, "change": k, "notes": [], "images_per_s": rate} for k, rate in (("a", 0.0), ("e", 4.0))]}
+    train_throughput.add_derived(result)
+    for r in result["rows"]:
+        assert r["speedup_vs_a"] is None and r["mfu_vs_measured_bf16_peak"] is None
+    assert result["targets_met"] == {"full_stack_speedup_ge_3x": False, "mfu_ge_40pct_vs_measured_peak": False}
+    result["peak_matmul"]["bf16"]["tflops"] = 2.0  # a real peak: the MFU is computed again
+    train_throughput.add_derived(result)
+    assert result["rows"][1]["mfu_vs_measured_bf16_peak"] == pytest.approx(4.0 * 1e9 / 2e12)
+    result["peak_matmul"]["bf16"]["tflops"] = 0.0
+    train_throughput.add_derived(result)
+    result.update(config="tiny", resolution=32, device_name="cpu", machine="m", torch="t", cuda=None, batch_size=2,
+                  warmup=0, steps=2, seed=0, command="c")
+    row = next(line for line in train_throughput.to_markdown(result).splitlines() if line.startswith("| e |"))
+    assert row.count("n/a") == 2  # speed-up and MFU cells
+    assert report.safe_ratio(1.0, float("nan")) is None and report.safe_ratio(3.0, 2.0) == 1.5
 
 
 def test_sd2_flops_match_the_published_per_image_cost(tmp_path):

@@ -1,11 +1,17 @@
+import glob
 import os
 
 import pytest
+from composer.core import Callback
 
+from diffusion.config import load_config
 from diffusion.demo.components import build_demo_components, precompute_demo_latents
 from diffusion.demo.shapes import write_shapes
+from diffusion.export import export_pipeline
+from diffusion.train import TrainConfig, build_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO = os.path.join(REPO, "yamls", "demo-cpu.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +38,42 @@ def demo_overrides(demo_dir, out_dir, **extra):
         **extra,
     }
     return [f"{k}={'null' if v is None else v}" for k, v in overrides.items()]
+
+
+class RecordUNet(Callback):
+    """The online UNet weights after each batch, to recompute the EMA independently of Composer's bookkeeping."""
+
+    def __init__(self):
+        self.after_batch = []
+
+    def batch_end(self, state, logger):
+        self.after_batch.append({k: v.detach().clone() for k, v in state.model.unet.named_parameters()})
+
+
+def train_demo(demo_dir, out_dir, batches=4, record=False, **extra):
+    overrides = {"trainer.max_duration": f"{batches}ba", "trainer.save_interval": f"{batches}ba",
+                 "algorithms.ema.half_life": "1ba", "scheduler.t_warmup": "1ba", "trainer.seed": 5, **extra}
+    trainer = build_trainer(load_config(DEMO, demo_overrides(demo_dir, out_dir, **overrides), TrainConfig))
+    recorder = RecordUNet()
+    if record:
+        trainer.state.callbacks.append(recorder)
+    trainer.fit()
+    trainer.close()
+    (checkpoint,) = glob.glob(os.path.join(out_dir, "checkpoints", f"ep*-ba{batches}-rank0.pt"))
+    return checkpoint, recorder.after_batch
+
+
+@pytest.fixture(scope="session")
+def trained(demo_dir, tmp_path_factory):
+    """The demo trained 4 batches (EMA half-life 1 batch) once per session, with the online weights after each
+    batch. Read-only: tests that change a checkpoint copy it under their own tmp_path."""
+    out = tmp_path_factory.mktemp("trained_demo")
+    checkpoint, after_batch = train_demo(demo_dir, str(out), record=True)
+    return {"checkpoint": checkpoint, "after_batch": after_batch, "out": out}
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """`trained` exported once (EMA weights, fp32) as a diffusers folder. Read-only."""
+    out = str(tmp_path_factory.mktemp("trained_demo_export") / "pipeline")
+    return export_pipeline(trained["checkpoint"], out, ema=True, dtype="fp32", overwrite=True)

@@ -3,14 +3,12 @@
 The key test trains the demo model a few batches, exports it and checks that diffusers' own
 StableDiffusionPipeline, loaded offline from the folder, draws the same images as StableDiffusion.generate.
 """
-import glob
 import hashlib
 import json
 import os
 
 import pytest
 import torch
-from composer.core import Callback
 from safetensors.torch import load_file
 from streaming import MDSWriter
 
@@ -19,47 +17,10 @@ from diffusion.config import load_config
 from diffusion.export import export_pipeline, main as export_main
 from diffusion.inference import ModelLoadError, load_checkpoint, load_model
 from diffusion.model_card import data_split
-from diffusion.train import TrainConfig, build_trainer
-from tests.diffusion.conftest import REPO, demo_overrides
+from diffusion.train import TrainConfig
+from tests.diffusion.conftest import train_demo
 
-DEMO = os.path.join(REPO, "yamls", "demo-cpu.yaml")
 PROMPTS = ["a red circle on a blue background", "a yellow square on a black background"]
-
-
-class RecordUNet(Callback):
-    """The online UNet weights after each batch, to recompute the EMA independently of Composer's bookkeeping."""
-
-    def __init__(self):
-        self.after_batch = []
-
-    def batch_end(self, state, logger):
-        self.after_batch.append({k: v.detach().clone() for k, v in state.model.unet.named_parameters()})
-
-
-def train_demo(demo_dir, out_dir, batches=4, record=False, **extra):
-    overrides = {"trainer.max_duration": f"{batches}ba", "trainer.save_interval": f"{batches}ba",
-                 "algorithms.ema.half_life": "1ba", "scheduler.t_warmup": "1ba", "trainer.seed": 5, **extra}
-    trainer = build_trainer(load_config(DEMO, demo_overrides(demo_dir, out_dir, **overrides), TrainConfig))
-    recorder = RecordUNet()
-    if record:
-        trainer.state.callbacks.append(recorder)
-    trainer.fit()
-    trainer.close()
-    (checkpoint,) = glob.glob(os.path.join(out_dir, "checkpoints", f"ep*-ba{batches}-rank0.pt"))
-    return checkpoint, recorder.after_batch
-
-
-@pytest.fixture(scope="module")
-def trained(demo_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export_run")
-    checkpoint, after_batch = train_demo(demo_dir, str(out), record=True)
-    return {"checkpoint": checkpoint, "after_batch": after_batch, "out": out}
-
-
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("exports") / "pipeline")
-    return export_pipeline(trained["checkpoint"], out, ema=True, dtype="fp32", overwrite=True)
 
 
 def expected_ema(after_batch, smoothing=0.5):

@@ -6,20 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.export import export_pipeline
 from diffusion.generate import main as generate_main
 from diffusion.inference import load_model
-from tests.diffusion.test_export import train_demo
 
 A, B = "a red circle on a blue background", "a white triangle on a green background"
 
 
-@pytest.fixture(scope="module")
-def model_paths(demo_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("generate_run")
-    checkpoint, _ = train_demo(demo_dir, str(out), batches=3)
-    folder = export_pipeline(checkpoint, str(out / "pipeline"))
-    return checkpoint, folder
+@pytest.fixture
+def model_paths(trained, exported):
+    """The session's trained demo checkpoint and its export (read-only)."""
+    return trained["checkpoint"], exported
 
 
 def png(path):

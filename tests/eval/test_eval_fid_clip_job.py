@@ -40,17 +40,23 @@ def job(tmp_path_factory):
         for i in ids:
             synthetic_image(rng, 48).save(folder / f"{i}.png")
         gens[scale] = str(folder)
+    # read-only: each test writes references and results under its own tmp_path (see own_dirs)
     cfg = {
-        "generated_dirs": gens, "out_dir": str(root / "out"), "coco_mds": mds,
-        "reference_dir": str(root / "reference"), "prompts_file": str(root / "reference" / "prompts.jsonl"),
-        "reference_resolution": 40, "inception_path": "random-tiny", "clip_path": "random-tiny",
+        "generated_dirs": gens, "coco_mds": mds, "reference_resolution": 40, "inception_path": "random-tiny", "clip_path": "random-tiny",
         "num_workers": 0, "batch_size": 4, "kid_subsets": 3,
     }
     return root, cfg, ids
 
 
-def test_run_end_to_end_from_coco_mds(job):
-    root, cfg, ids = job
+def own_dirs(cfg, tmp_path):
+    """The job's config with this test's own output, reference and prompts paths."""
+    return {**cfg, "out_dir": str(tmp_path / "out"), "reference_dir": str(tmp_path / "reference"),
+            "prompts_file": str(tmp_path / "reference" / "prompts.jsonl")}
+
+
+def test_run_end_to_end_from_coco_mds(job, tmp_path):
+    _, cfg, ids = job
+    cfg = own_dirs(cfg, tmp_path)
     results = run(cfg)
     refs = sorted(n for n in os.listdir(cfg["reference_dir"]) if n.endswith(".png"))
     assert refs == sorted(f"{i}.png" for i in ids)
@@ -67,8 +73,8 @@ def test_run_end_to_end_from_coco_mds(job):
     assert os.path.isfile(os.path.join(cfg["out_dir"], "fid_vs_clip_score.png"))
 
 
-def test_config_schema_rejects_unknown_and_missing_keys(job):
-    _, cfg, _ = job
+def test_config_schema_rejects_unknown_and_missing_keys(job, tmp_path):
+    cfg = own_dirs(job[1], tmp_path)
     with pytest.raises(Exception, match="inception_pth"):
         run({**cfg, "inception_pth": "x"})
     with pytest.raises(Exception, match="out_dir"):
@@ -78,9 +84,13 @@ def test_config_schema_rejects_unknown_and_missing_keys(job):
 
 
 def test_cli_runs_a_yaml_and_fails_in_one_line_on_missing_weights(job, tmp_path, capsys):
-    root, cfg, _ = job
+    from eval.coco_reference import write_coco_reference
+
+    cfg = own_dirs(job[1], tmp_path)
+    # references and prompts exported beforehand (by an earlier run): the yaml scores them without coco_mds
+    write_coco_reference(cfg["coco_mds"], cfg["reference_dir"], cfg["prompts_file"], cfg["reference_resolution"])
     path = tmp_path / "eval.yaml"
-    OmegaConf.save(OmegaConf.create({**cfg, "coco_mds": None, "out_dir": str(tmp_path / "out")}), path)
+    OmegaConf.save(OmegaConf.create({**cfg, "coco_mds": None}), path)
     assert main([str(path)]) == 0
     assert "w=4: FID" in capsys.readouterr().out
     assert main([str(path), f"inception_path={tmp_path}/w/inception-2015-12-05.pt"]) == 2
