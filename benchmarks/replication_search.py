@@ -1,12 +1,10 @@
 """Replication-audit search at CommonCatalog scale: FAISS indices vs exact search on synthetic descriptors.
 
-Synthetic database (stands in for 512-d SSCD descriptors, which are L2-normalised and clustered): a mixture of
-n/256 clusters with centres uniform on the unit sphere, cluster sizes log-normal (sigma 1, so a few clusters are
-large), and each point x = c*centre + sqrt(1-c^2)*u normalised, u a random unit direction and c ~ U(0.35, 0.6)
-per cluster, so same-cluster points have cosine ~0.12-0.36 and nearest-neighbour cosines mostly 0.25-0.45 (SSCD's
-train-vs-train background outside duplicates sits below 0.5). 1% of rows are then replaced by near-duplicates of other rows
-(cosine U(0.7, 1.0)), as web-scale sets hold duplicates. Queries: "matched" = planted copies of random database
-rows at cosine U(0.5, 1.0) to their source (10% exact copies); "plain" = fresh draws from the mixture.
+Synthetic database (stands in for 512-d SSCD descriptors, which are L2-normalised and clustered):
+eval.replication.synthetic's mixture of n/256 clusters on the sphere (log-normal cluster sizes, per-cluster
+spread giving nearest-neighbour cosines mostly 0.25-0.45) with 1% of rows replaced by near-duplicates of other
+rows. Queries: "matched" = planted copies of random database rows at cosine U(0.5, 1.0) to their source (10%
+exact copies); "plain" = fresh draws from the mixture.
 
 The database is written in chunks as a real descriptor store (float16 .npy chunks + manifest, in a scratch
 folder outside git, deleted afterwards), and every index is built and searched by the audit's own code
