@@ -43,7 +43,7 @@ class IndexSettings:
     factory: Optional[str] = None
     """approx: a FAISS index_factory string (inner-product metric); None: default_factory(n, dim)."""
     nprobe: int = 16
-    """approx: inverted lists visited per query."""
+    """approx: inverted lists visited per query (an HNSW graph index searches with efSearch = 4 * nprobe)."""
     candidates: int = 16
     """Index candidates per query re-ranked exactly (at least the k asked for)."""
     train_samples: int = 262_144
@@ -53,7 +53,8 @@ class IndexSettings:
     checkpoint_rows: int = 1_000_000
     """Rows added between saves of the shard being built (the most a crash can lose)."""
     gpu: bool = True
-    """Search on GPUs when faiss-gpu is installed and sees one (falls back to CPU for index types it lacks)."""
+    """Search on GPUs when faiss-gpu is installed and sees one. Fast-scan PQ has no GPU version and stays on CPU
+    (with a warning); for GPU search choose e.g. factory "IVF8192,PQ64"."""
     seed: int = 0
 
 
@@ -223,9 +224,12 @@ class ReplicationIndex:
         index = faiss.read_index(os.path.join(self.folder, shard["file"]))
         if self.kind == "approx":
             params = faiss.ParameterSpace()
-            params.set_index_parameter(index, "nprobe", self.settings.nprobe)
-            if "HNSW" in self.factory.split(",")[0]:  # the coarse quantizer must see at least nprobe lists
-                params.set_index_parameter(index, "quantizer_efSearch", max(64, 2 * self.settings.nprobe))
+            if faiss.try_extract_index_ivf(index) is not None:
+                params.set_index_parameter(index, "nprobe", self.settings.nprobe)
+                if "HNSW" in self.factory.split(",")[0]:  # the coarse quantizer must see at least nprobe lists
+                    params.set_index_parameter(index, "quantizer_efSearch", max(64, 2 * self.settings.nprobe))
+            elif "HNSW" in self.factory:  # a graph index (HNSW over PQ): its search breadth plays nprobe's part
+                params.set_index_parameter(index, "efSearch", 4 * self.settings.nprobe)
         if self.settings.gpu and _gpu_count() > 0:
             try:
                 index = faiss.index_cpu_to_all_gpus(index)
