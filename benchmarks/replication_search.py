@@ -95,6 +95,32 @@ def _merge_rows(path: str, result: dict) -> None:
         with open(path + ".tmp", "w") as f:
             json.dump(merged, f, indent=2)
         os.replace(path + ".tmp", path)
+        with open(path[: -len(".json")] + ".md", "w") as f:
+            f.write(markdown(merged))
+
+
+def markdown(result: dict) -> str:
+    """The measured rows and the extrapolations as Markdown tables (regenerated from the JSON on every merge)."""
+    lines = ["# Replication search (CPU, FAISS)", "", f"`{result.get('command', '')}`; faiss {result.get('faiss')}, "
+             f"{result.get('cpu_count')} cores shared with other jobs: wall-clock q/s are lower bounds; q/CPU-s is "
+             "the rate per core.", "",
+             "| index | n | q/s (wall) | q/CPU-s | recall@1 matched | recall@1 plain | recall@1 (exact top-1 >= 0.5) "
+             "| build s (wall) | build CPU s | index MiB | peak anon RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        high = r.get("recall_at_1_exact_top1_ge_0.5")
+        lines.append(
+            f"| {r['index']} | {r['n_database']:,} | {r['queries_per_s']:,.0f} | {r.get('queries_per_cpu_s', float('nan')):,.0f} "
+            f"| {r['recall_at_1_matched']:.3f} | {r['recall_at_1_plain']:.3f} | {'' if high is None else f'{high:.3f}'} "
+            f"| {r['build_s']:,.0f} | {r.get('build_cpu_s', 0):,.0f} | {r['index_bytes'] / 2**20:,.1f} "
+            f"| {r.get('peak_anon_rss_bytes', 0) / 2**20:,.0f} |")
+    lines += ["", "EXTRAPOLATED (not measured; see extrapolate() for the model):", "",
+              "| index family | n | q/s per core | q/s on 16 cores | 240k-query sweep on 16 cores (s) | index GiB | build CPU h |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in result.get("extrapolated", []):
+        lines.append(f"| {e['index_family']} | {e['n_database']:,} | {e['queries_per_s_per_core']:,.0f} | "
+                     f"{e['queries_per_s_16_cores']:,.0f} | {e['sweep_240k_s_16_cores']:,.0f} | "
+                     f"{e['index_bytes'] / 2**30:.2f} | {e['build_cpu_s'] / 3600:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def extrapolate(rows: list[dict]) -> list[dict]:
