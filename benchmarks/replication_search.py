@@ -1,141 +1,286 @@
-"""Throughput of the replication audit's exact top-1 search (eval.replication.search.topk_cosine) on CPU.
+"""Replication-audit search at CommonCatalog scale: FAISS indices vs exact search on synthetic descriptors.
 
-Random unit vectors stand in for stored training descriptors (the search cost does not depend on their
-values). For each database size and storage / compute precision, a batch of queries is searched in
-chunks and the wall time gives queries per second. Writes benchmarks/results/replication_search.{json,md}.
+Synthetic database (stands in for 512-d SSCD descriptors, which are L2-normalised and clustered):
+eval.replication.synthetic's mixture of n/256 clusters on the sphere (log-normal cluster sizes, per-cluster
+spread giving nearest-neighbour cosines mostly 0.25-0.45) with 1% of rows replaced by near-duplicates of other
+rows. Queries: "matched" = planted copies of random database rows at cosine U(0.5, 1.0) to their source (10%
+exact copies); "plain" = fresh draws from the mixture.
 
-    python -m benchmarks.replication_search [--sizes 100000 1000000] [--queries 1024] [--repeats 3]
+The database is written in chunks as a real descriptor store (float16 .npy chunks + manifest, in a scratch
+folder outside git, deleted afterwards), and every index is built and searched by the audit's own code
+(eval.replication.index: build from chunks, search, exact re-rank from the float16 store). Recall@1 is checked
+against exact chunked search (eval.replication.search.topk_cosine over the same float16 store) on a few hundred
+queries of each kind; queries/s are measured on the full query set (re-ranking included). Results are merged
+into <out>/replication_search_cpu.json (one row per index and database size) after each run, so a long run
+keeps its finished rows. Extrapolations to 22M / 57M and a 240k-query sweep on 16 cores are computed from
+the measured rows and labelled as such.
+
+    nice -n 10 python -m benchmarks.replication_search --runs 1000000:default 1000000:IVF2048,PQ64 \\
+        1000000:IDMap,HNSW32_PQ64 10000000:default --scratch /tmp/repl_bench
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
+import math
 import os
 import platform
-import statistics
+import re
+import shutil
 import sys
+import threading
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from benchmarks.report import write_result
+from eval.replication.index import IndexSettings, ReplicationIndex, build_index, default_factory, recall_at_1
 from eval.replication.search import topk_cosine
+from eval.replication.store import DescriptorStore
+from eval.replication.synthetic import Mixture, toward, write_store
 
-# (label, stored dtype, compute dtype). float16 storage halves memory; on CPU the chunk is then upcast for
-# the product, or multiplied in half / bfloat16 where the CPU has native kernels (AVX512-FP16, AMX).
-VARIANTS = (
-    ("float32 stored, float32 matmul", np.float32, torch.float32),
-    ("float16 stored, float32 matmul", np.float16, torch.float32),
-    ("float16 stored, float16 matmul", np.float16, torch.float16),
-    ("float16 stored, bfloat16 matmul", np.float16, torch.bfloat16),
-)
+RESULT_FILE = "replication_search_cpu.json"
+TARGETS = {"queries_per_s_1m": 10_000, "recall_at_1_matched": 0.99, "index_bytes_1m": 2**30,
+           "index_bytes_22m": 16 * 2**30, "sweep_queries": 240_000, "sweep_s_16_cores": 3600}
 
 
-def random_unit(n: int, dim: int, seed: int, dtype=np.float32, block: int = 100_000) -> np.ndarray:
+def make_queries(store: DescriptorStore, mixture_seed: int, n_matched: int, n_plain: int, seed: int):
     rng = np.random.default_rng(seed)
-    out = np.empty((n, dim), dtype=dtype)
-    for s in range(0, n, block):  # in blocks, so a float16 set never exists as float32 in full
-        x = rng.standard_normal((min(block, n - s), dim), dtype=np.float32)
-        out[s:s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    sources = rng.choice(store.num_samples, n_matched, replace=False)
+    cos = rng.uniform(0.5, 1.0, n_matched).astype(np.float32)
+    cos[: n_matched // 10] = 1.0  # exact copies
+    matched = toward(store.rows(sources), cos, rng)
+    plain = Mixture(store.num_samples, matched.shape[1], mixture_seed).sample(n_plain, rng)
+    return matched, sources, plain
 
 
-def time_search(queries, database, compute_dtype, chunk_rows: int, repeats: int) -> list[float]:
-    topk_cosine(queries[:8], database[:chunk_rows], k=1, chunk_rows=chunk_rows, compute_dtype=compute_dtype)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        topk_cosine(queries, database, k=1, chunk_rows=chunk_rows, compute_dtype=compute_dtype)
-        times.append(time.perf_counter() - start)
-    return times
+class PeakRss:
+    """Peak anonymous resident memory of this process (memory-mapped store pages are page cache, not counted)."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def anon_bytes() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.anon_bytes())
+            time.sleep(0.2)
+
+    def reset(self):
+        self.peak = self.anon_bytes()
 
 
-def check_correct(queries, database, compute_dtype, chunk_rows) -> float:
-    """Share of queries whose top-1 agrees with a float64 brute force (on the first 256 queries)."""
-    q = queries[:256].astype(np.float64)
-    brute = np.argmax(q @ database.astype(np.float64).T, axis=1) if len(database) <= 100_000 else None
-    if brute is None:
-        return float("nan")
-    _, index = topk_cosine(queries[:256], database, k=1, chunk_rows=chunk_rows, compute_dtype=compute_dtype)
-    return float((index[:, 0] == brute).mean())
-
-
-def run(sizes, n_queries: int, dim: int, chunk_rows: int, repeats: int, out_dir: str) -> dict:
-    queries = random_unit(n_queries, dim, seed=1)
-    rows = []
-    for size in sizes:
-        stored = {}
-        for label, store_dtype, compute_dtype in tqdm(VARIANTS, desc=f"{size:,} descriptors"):
-            if store_dtype not in stored:
-                stored.clear()  # one database in memory at a time
-                stored[store_dtype] = random_unit(size, dim, seed=0, dtype=store_dtype)
-            database = stored[store_dtype]
-            try:
-                times = time_search(queries, database, compute_dtype, chunk_rows, repeats)
-            except RuntimeError as e:  # a dtype without CPU matmul kernels
-                rows.append({"database": size, "variant": label, "error": str(e).splitlines()[0]})
-                continue
-            median = statistics.median(times)
-            rows.append({
-                "database": size, "variant": label, "queries": n_queries, "dim": dim, "chunk_rows": chunk_rows,
-                "seconds": times, "median_seconds": median, "queries_per_second": n_queries / median,
-                "database_mb": database.nbytes / 2**20,
-                "top1_agrees_with_float64": check_correct(queries, database, compute_dtype, chunk_rows),
-            })
-    result = {
-        "benchmark": "replication_search", "device": "cpu", "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(), "rows": rows,
-    }
-    write_result(out_dir, "replication_search", result, markdown(result))
-    return result
+def _merge_rows(path: str, result: dict) -> None:
+    """Adds/replaces this run's rows in the shared JSON, under a lock (several runs may write it)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.load(open(path)) if os.path.exists(path) else {"rows": []}
+        keys = {(r["index"], r["n_database"]) for r in result["rows"]}
+        rows = [r for r in old.get("rows", []) if (r["index"], r["n_database"]) not in keys] + result["rows"]
+        rows.sort(key=lambda r: (r["n_database"], r["index"]))
+        merged = {**old, **{k: v for k, v in result.items() if k != "rows"}, "rows": rows}
+        merged["extrapolated"] = extrapolate(rows)
+        with open(path + ".tmp", "w") as f:
+            json.dump(merged, f, indent=2)
+        os.replace(path + ".tmp", path)
+        with open(path[: -len(".json")] + ".md", "w") as f:
+            f.write(markdown(merged))
 
 
 def markdown(result: dict) -> str:
-    lines = [
-        "# Replication search throughput (CPU)",
-        "",
-        f"Exact top-1 cosine search (`eval.replication.search.topk_cosine`), {result['cpu_count']} CPU cores, "
-        f"{result['torch_threads']} torch threads, torch {result['torch']}; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in result['load_average_at_end'])}.",
-        "Command: `python -m benchmarks.replication_search`",
-        "",
-        "| stored descriptors | variant | queries/s | s per batch (median) | batch | DB size (MiB) | top-1 = float64 |",
-        "|---:|---|---:|---:|---:|---:|---:|",
-    ]
+    """The measured rows and the extrapolations as Markdown tables (regenerated from the JSON on every merge)."""
+    lines = ["# Replication search (CPU, FAISS)", "", f"`{result.get('command', '')}`; faiss {result.get('faiss')}, "
+             f"{result.get('cpu_count')} cores shared with other jobs: wall-clock q/s are lower bounds; q/CPU-s is "
+             "the rate per core.", "",
+             "| index | n | q/s (wall) | q/CPU-s | recall@1 matched | recall@1 plain | recall@1 (exact top-1 >= 0.5) "
+             "| build s (wall) | build CPU s | index MiB | peak anon RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['database']:,} | {r['variant']} | n/a | {r['error']} | | | |")
-            continue
-        agree = "" if np.isnan(r["top1_agrees_with_float64"]) else f"{r['top1_agrees_with_float64']:.1%}"
+        high = r.get("recall_at_1_exact_top1_ge_0.5")
         lines.append(
-            f"| {r['database']:,} | {r['variant']} | {r['queries_per_second']:,.0f} | {r['median_seconds']:.2f} | "
-            f"{r['queries']} | {r['database_mb']:,.0f} | {agree} |"
-        )
-    lines += ["", "Agreement with a float64 brute force is checked on databases of at most 100k rows (256 queries); "
-              "random unit vectors have near-tied top-1 scores, so low-precision products flip some of them; a near-copy "
-              "with a clear margin is still found at rank 1 (tests/eval/test_replication_search.py)."]
-    if result["load_average_at_end"][0] > result["cpu_count"]:
-        lines += ["", f"Load average above the {result['cpu_count']} cores: other processes shared the CPU during "
-                  "this run, so these figures are lower bounds."]
+            f"| {r['index']} | {r['n_database']:,} | {r['queries_per_s']:,.0f} | {r.get('queries_per_cpu_s', float('nan')):,.0f} "
+            f"| {r['recall_at_1_matched']:.3f} | {r['recall_at_1_plain']:.3f} | {'' if high is None else f'{high:.3f}'} "
+            f"| {r['build_s']:,.0f} | {r.get('build_cpu_s', 0):,.0f} | {r['index_bytes'] / 2**20:,.1f} "
+            f"| {r.get('peak_anon_rss_bytes', 0) / 2**20:,.0f} |")
+    lines += ["", "EXTRAPOLATED (not measured; see extrapolate() for the model):", "",
+              "| index family | n | q/s per core | q/s on 16 cores | 240k-query sweep on 16 cores (s) | index GiB | build CPU h |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in result.get("extrapolated", []):
+        lines.append(f"| {e['index_family']} | {e['n_database']:,} | {e['queries_per_s_per_core']:,.0f} | "
+                     f"{e['queries_per_s_16_cores']:,.0f} | {e['sweep_240k_s_16_cores']:,.0f} | "
+                     f"{e['index_bytes'] / 2**30:.2f} | {e['build_cpu_s'] / 3600:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def extrapolate(rows: list[dict]) -> list[dict]:
+    """EXTRAPOLATED, not measured. Per index family (same index and search setting, nlist growing with n), the
+    per-core rate (queries per CPU second, so other jobs on the shared machine do not count) follows a power law
+    in n fitted through its smallest and largest measured sizes (with one size: q/s ~ 1/sqrt(n), the IVF scan
+    cost when lists grow as sqrt(n)); index bytes and build CPU time per row come from the largest size.
+    16 cores: 16 x the per-core rate (FAISS splits a query batch over threads; assumes linear scaling)."""
+    out = []
+    by_index: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["index"] != "exact" and "queries_per_cpu_s" in r:
+            by_index.setdefault(r["index_family"], []).append(r)
+    for family, rs in by_index.items():
+        rs = sorted(rs, key=lambda r: r["n_database"])
+        small, big = rs[0], rs[-1]
+        if big["n_database"] > small["n_database"]:
+            slope = math.log(big["queries_per_cpu_s"] / small["queries_per_cpu_s"]) / math.log(big["n_database"] / small["n_database"])
+        else:
+            slope = -0.5
+        for n in (22_000_000, 57_000_000):
+            per_core = big["queries_per_cpu_s"] * (n / big["n_database"]) ** slope
+            out.append({
+                "extrapolated": True, "index_family": family, "n_database": n, "from_sizes": [r["n_database"] for r in rs],
+                "queries_per_s_per_core": per_core, "queries_per_s_16_cores": per_core * 16,
+                "sweep_240k_s_16_cores": TARGETS["sweep_queries"] / (per_core * 16),
+                "index_bytes": big["index_bytes"] / big["n_database"] * n,
+                "build_cpu_s": big["build_cpu_s"] / big["n_database"] * n, "qps_exponent": slope,
+            })
+    return out
+
+
+def run_one(store, n: int, factory: str, queries, args, rss: PeakRss) -> list[dict]:
+    """Builds one index, then times and checks every (nprobe, candidates) search setting of --sweep on it."""
+    matched, sources, plain = queries
+    settings = IndexSettings(kind="flat" if factory == "IDMap,Flat" else "approx", factory=factory,
+                             memory_budget_gb=args.memory_budget_gb, checkpoint_rows=args.checkpoint_rows,
+                             train_samples=args.train_samples)
+    shutil.rmtree(os.path.join(store.store_dir, "index"), ignore_errors=True)  # timed from scratch, never resumed
+    rss.reset()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    folder = build_index(store, settings)
+    build_s, build_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    build_rss = rss.peak
+    all_q = np.concatenate([matched, plain])
+    g = args.ground_truth
+    rows = []
+    for nprobe, candidates in args.sweep:
+        settings.nprobe, settings.candidates = nprobe, candidates
+        index = ReplicationIndex(folder, store, settings)
+        index.search(all_q[:64], args.k)  # warm-up: loads the shards
+        start, cpu_start = time.perf_counter(), time.process_time()
+        scores, ids = index.search(all_q, args.k)
+        search_s, search_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+        checked = {"matched": (matched[:g], scores[:g], ids[:g]),
+                   "plain": (plain[:g], scores[len(matched):len(matched) + g], ids[len(matched):len(matched) + g])}
+        recall, gt_top1 = {}, {}
+        for kind, (q, s, i) in checked.items():
+            if (n, kind) not in args.exact_cache:
+                args.exact_cache[(n, kind)] = topk_cosine(q, store.blocks(), k=1)
+            exact_s, exact_i = args.exact_cache[(n, kind)]
+            recall[kind] = recall_at_1(i[:, 0], s[:, 0], exact_i[:, 0], exact_s[:, 0])
+            gt_top1[kind] = exact_s[:, 0]
+        high = np.concatenate([gt_top1["matched"], gt_top1["plain"]]) >= 0.5
+        ok_all = np.concatenate([recall["matched"], recall["plain"]])
+        label = factory if len(args.sweep) == 1 else f"{factory} nprobe={nprobe} rerank={candidates}"
+        rows.append({
+            "index": label, "index_family": re.sub(r"IVF\d+(_HNSW\d+)?", "IVF{nlist}", label),
+            "n_database": n, "queries_per_s": len(all_q) / search_s,
+            # CPU seconds of this process (all threads): what a core delivers when it is not shared
+            "queries_per_cpu_s": len(all_q) / max(search_cpu_s, 1e-3), "build_cpu_s": build_cpu_s,
+            "recall_at_1_matched": float(recall["matched"].mean()), "recall_at_1_plain": float(recall["plain"].mean()),
+            "recall_at_1_exact_top1_ge_0.5": float(ok_all[high].mean()) if high.any() else None,
+            "n_exact_top1_ge_0.5": int(high.sum()), "planted_source_at_rank_1": float((ids[:g, 0] == sources[:g]).mean()),
+            "build_s": build_s, "index_bytes": index.index_bytes, "shards": index.num_shards,
+            "peak_anon_rss_bytes_build": build_rss, "peak_anon_rss_bytes": rss.peak, "nprobe": nprobe,
+            "candidates_reranked": candidates, "k": args.k, "n_queries_timed": len(all_q), "n_queries_recall": 2 * g,
+            "plain_exact_top1_median": float(np.median(gt_top1["plain"])), "load_average": os.getloadavg(),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def exact_row(store, n: int, queries, args, rss) -> dict:
+    """The chunked exact search the audit used before FAISS, timed on the ground-truth queries (recall 1 by definition)."""
+    matched, _, plain = queries
+    q = np.concatenate([matched[: args.ground_truth], plain[: args.ground_truth]])
+    rss.reset()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    s, i = topk_cosine(q, store.blocks(), k=1)
+    elapsed, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    g = args.ground_truth
+    args.exact_cache[(n, "matched")] = (s[:g], i[:g])
+    args.exact_cache[(n, "plain")] = (s[g:], i[g:])
+    return {"index": "exact", "index_family": "exact", "n_database": n, "queries_per_s": len(q) / elapsed,
+            "queries_per_cpu_s": len(q) / max(cpu_s, 1e-3),
+            "recall_at_1_matched": 1.0, "recall_at_1_plain": 1.0, "build_s": 0.0, "index_bytes": 0,
+            "peak_anon_rss_bytes": rss.peak, "n_queries_timed": len(q), "note": "chunked float32 matmul over the float16 store",
+            "load_average": os.getloadavg()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replication_search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="stored descriptor counts")
-    parser.add_argument("--queries", type=int, default=1024, help="generated-image descriptors per search")
-    parser.add_argument("--dim", type=int, default=512, help="descriptor dimension (SSCD: 512)")
-    parser.add_argument("--chunk-rows", type=int, default=65536, help="stored rows per matrix product")
-    parser.add_argument("--repeats", type=int, default=3, help="timed searches per variant (median reported)")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
+    parser.add_argument("--runs", nargs="+", default=["1000000:default", "1000000:IVF2048,PQ64", "1000000:IDMap,HNSW32_PQ64"],
+                        help="N:FACTORY pairs run in order; FACTORY 'default' = eval.replication.index.default_factory(N)")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--matched", type=int, default=10_000, help="planted-copy queries timed")
+    parser.add_argument("--plain", type=int, default=10_000, help="plain queries timed")
+    parser.add_argument("--ground-truth", type=int, default=300, help="queries of each kind checked against exact search")
+    parser.add_argument("--k", type=int, default=5, help="matches returned per query (the audit's top_k)")
+    parser.add_argument("--sweep", nargs="+", default=["16:16"],
+                        help="NPROBE:CANDIDATES search settings tried on each built index (candidates re-ranked exactly)")
+    parser.add_argument("--train-samples", type=int, default=262_144)
+    parser.add_argument("--memory-budget-gb", type=float, default=4.0)
+    parser.add_argument("--checkpoint-rows", type=int, default=2_000_000)
+    parser.add_argument("--chunk", type=int, default=100_000, help="rows per synthetic store chunk")
+    parser.add_argument("--no-exact", action="store_true", help="skip the timed exact-search row")
+    parser.add_argument("--scratch", default="/tmp/replication_search_bench", help="where the synthetic stores go (deleted at the end)")
+    parser.add_argument("--keep-scratch", action="store_true")
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args(argv)
-    if min(args.sizes) < 1 or args.queries < 1:
-        print("error: --sizes and --queries must be positive", file=sys.stderr)
+    try:
+        runs = [(int(r.split(":", 1)[0]), r.split(":", 1)[1]) for r in args.runs]
+    except (ValueError, IndexError):
+        print(f"error: --runs takes N:FACTORY pairs, got {args.runs}", file=sys.stderr)
         return 2
-    result = run(args.sizes, args.queries, args.dim, args.chunk_rows, args.repeats, args.out)
-    print(markdown(result))
+    if min(n for n, _ in runs) < 2 or min(args.matched, args.plain, args.ground_truth) < 1:
+        print("error: sizes and query counts must be positive", file=sys.stderr)
+        return 2
+    args.ground_truth = min(args.ground_truth, args.matched, args.plain)
+    try:
+        args.sweep = [tuple(int(v) for v in p.split(":")) for p in args.sweep]
+    except ValueError:
+        print(f"error: --sweep takes NPROBE:CANDIDATES pairs, got {args.sweep}", file=sys.stderr)
+        return 2
+    import faiss
+
+    rss = PeakRss()
+    args.exact_cache = {}
+    header = {"benchmark": "replication_search_cpu", "faiss": faiss.__version__, "cpu": platform.processor() or platform.machine(),
+              "cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "dim": args.dim,
+              "data": "synthetic clustered unit descriptors + planted near-duplicates (see benchmarks/replication_search.py)",
+              "command": "python -m benchmarks.replication_search " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "targets": TARGETS, "shared_machine_note": "2 cores shared with other jobs: queries/s are lower bounds"}
+    out_path = os.path.join(args.out, RESULT_FILE)
+    try:
+        for n in dict.fromkeys(n for n, _ in runs):
+            store = write_store(os.path.join(args.scratch, f"n{n}"), n, args.dim, min(args.chunk, n), seed=0)
+            queries = make_queries(store, 0, args.matched, args.plain, seed=1)
+            if not args.no_exact:
+                _merge_rows(out_path, {**header, "rows": [exact_row(store, n, queries, args, rss)]})
+            for _, factory in [r for r in runs if r[0] == n]:
+                factory = default_factory(n, args.dim) if factory == "default" else factory
+                _merge_rows(out_path, {**header, "rows": run_one(store, n, factory, queries, args, rss)})
+                shutil.rmtree(os.path.join(store.store_dir, "index"), ignore_errors=True)
+            if not args.keep_scratch:
+                shutil.rmtree(store.store_dir, ignore_errors=True)
+    finally:
+        if not args.keep_scratch:
+            shutil.rmtree(args.scratch, ignore_errors=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Image descriptors for copy detection: SSCD (default), or CLIP / DINO image embeddings.
+"""Image descriptors for copy detection: SSCD (default), DINOv2 (permissively licensed), or CLIP / DINO embeddings.
 
 SSCD (Pizzi et al., CVPR 2022) is a torchvision ResNet-50 trunk whose average pool is replaced by GeM
 pooling (p=3), a 2048 -> 512 linear layer and L2 normalisation; images are ImageNet-normalised with the
@@ -6,7 +6,13 @@ short side resized to 288. Its released files load here as they are:
   - `*.torchscript.pt` (e.g. sscd_disc_mixup.torchscript.pt): a standalone TorchScript model;
   - `*.torchvision.pt`: a state_dict for `SSCDResNet50` (keys `backbone.*`).
 CLIP / DINO use a local transformers folder (CLIPVisionModelWithProjection's image_embeds; a ViT's CLS
-token for DINO) with that folder's image processor.
+token for DINO) with that folder's image processor. DINOv2 (transformers' Dinov2Model, from a hub name such as
+facebook/dinov2-base or a local folder) uses its pooled output, the layer-normed CLS token.
+
+Licenses of the weights matter to who may run the audit: SSCD's released models are CC-BY-NC 4.0, so a company
+auditing a commercial model may not be allowed to use them; DINOv2's are Apache-2.0. `WEIGHTS_LICENSES` is
+logged by the job and written into its report. A descriptor other than SSCD needs its own copy threshold:
+eval.replication.calibrate measures one.
 
 Every descriptor is L2-normalised, so a dot product is a cosine similarity. Random weights only when
 the caller explicitly asks (tests): a copy audit run on random weights would report nothing real.
@@ -28,7 +34,14 @@ SSCD_HINT = (
     "an SSCD model file: sscd_disc_mixup.torchscript.pt (TorchScript) or sscd_disc_mixup.torchvision.pt "
     "(state_dict), from https://github.com/facebookresearch/sscd-copy-detection on a connected machine"
 )
-DESCRIPTORS = ("sscd", "clip", "dino")
+DESCRIPTORS = ("sscd", "dinov2", "clip", "dino")
+# The license of the released weights each descriptor loads (what a user must check before running it).
+WEIGHTS_LICENSES = {
+    "sscd": "CC-BY-NC-4.0 (facebookresearch/sscd-copy-detection model files): non-commercial use only",
+    "dinov2": "Apache-2.0 (facebook/dinov2-* weights)",
+    "clip": "depends on the checkpoint: openai/clip-* MIT; LAION OpenCLIP MIT; check its model card",
+    "dino": "Apache-2.0 (facebook/dino-* weights)",
+}
 
 
 class GeM(nn.Module):
@@ -62,8 +75,9 @@ class ImageDescriptor:
     L2-normalised rows."""
 
     def __init__(self, name: str, model: Callable, transform: Callable[[Image.Image], torch.Tensor],
-                 device: torch.device, output: Callable = lambda out: out):
+                 device: torch.device, output: Callable = lambda out: out, license: str = ""):
         self.name = name
+        self.license = license
         self.model = model
         self.transform = transform
         self.device = device
@@ -139,37 +153,57 @@ def load_sscd_model(weights: Optional[str], random_weights: bool = False, seed: 
     return model.eval()
 
 
-def _load_hf(kind: str, weights: Optional[str], random_weights: bool, seed: int):
-    from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+def _tiny_config(kind: str):
+    """Tiny random models (tests): 64 px images, 32-d descriptors."""
+    from transformers import CLIPVisionConfig, Dinov2Config, ViTConfig
 
-    if random_weights:  # tiny, for tests
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+                  patch_size=8)
+    if kind == "clip":
+        return CLIPVisionConfig(**common, projection_dim=32)
+    return Dinov2Config(**common) if kind == "dinov2" else ViTConfig(**common)
+
+
+def _load_hf(kind: str, weights: Optional[str], random_weights: bool, seed: int):
+    from transformers import AutoImageProcessor, BitImageProcessor, CLIPImageProcessor, CLIPVisionModelWithProjection
+    from transformers import Dinov2Model, ViTImageProcessor, ViTModel
+
+    if random_weights:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            config = _tiny_config(kind)
             if kind == "clip":
-                model = CLIPVisionModelWithProjection(CLIPVisionConfig(
-                    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    image_size=64, patch_size=8, projection_dim=32))
+                model = CLIPVisionModelWithProjection(config)
                 processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+            elif kind == "dinov2":
+                model = Dinov2Model(config)
+                processor = BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                                              image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
             else:
-                model = ViTModel(ViTConfig(
-                    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    image_size=64, patch_size=8), add_pooling_layer=False)
+                model = ViTModel(config, add_pooling_layer=False)
                 processor = ViTImageProcessor(size={"height": 64, "width": 64})
     else:
-        if not weights or not os.path.isfile(os.path.join(weights, "config.json")):
-            model_name = "CLIPVisionModelWithProjection / CLIPModel" if kind == "clip" else "ViTModel (e.g. facebook/dino-vitb16)"
+        # DINOv2 also loads from a hub name (cached on this machine, or fetched where the hub is reachable)
+        is_name = kind == "dinov2" and weights and not os.path.isabs(weights) and not os.path.exists(weights) \
+            and weights.count("/") == 1
+        if not is_name and (not weights or not os.path.isfile(os.path.join(weights, "config.json"))):
+            model_name = {"clip": "CLIPVisionModelWithProjection / CLIPModel", "dino": "ViTModel (e.g. facebook/dino-vitb16)",
+                          "dinov2": "Dinov2Model (e.g. facebook/dinov2-base)"}[kind]
             raise FileNotFoundError(
                 f"place a transformers {model_name} folder (config.json, weights, preprocessor_config.json) "
                 f"at {weights or '<replication.weights>'}"
             )
         if kind == "clip":
             model = CLIPVisionModelWithProjection.from_pretrained(weights, local_files_only=True)
+        elif kind == "dinov2":
+            model = Dinov2Model.from_pretrained(weights, local_files_only=not is_name)
         else:
             model = ViTModel.from_pretrained(weights, add_pooling_layer=False, local_files_only=True)
-        processor = AutoImageProcessor.from_pretrained(weights, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(weights, local_files_only=not is_name)
     if kind == "clip":
         output = lambda out: out.image_embeds  # noqa: E731
+    elif kind == "dinov2":
+        output = lambda out: out.pooler_output  # noqa: E731  the layer-normed CLS token
     else:
         output = lambda out: out.last_hidden_state[:, 0]  # noqa: E731  DINO's descriptor is the CLS token
     return model.eval(), _HFTransform(processor), output
@@ -180,8 +214,9 @@ def build_descriptor(kind: str, weights: Optional[str], device: torch.device, *,
     if kind not in DESCRIPTORS:
         raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {kind!r}")
     tag = "random" if random_weights else os.path.basename(os.path.normpath(weights or ""))
+    license = WEIGHTS_LICENSES[kind]
     if kind == "sscd":
         model = load_sscd_model(weights, random_weights, seed).to(device)
-        return ImageDescriptor(f"sscd:{tag}@{resize}", model, sscd_transform(resize), device)
+        return ImageDescriptor(f"sscd:{tag}@{resize}", model, sscd_transform(resize), device, license=license)
     model, transform, output = _load_hf(kind, weights, random_weights, seed)
-    return ImageDescriptor(f"{kind}:{tag}", model.to(device), transform, device, output)
+    return ImageDescriptor(f"{kind}:{tag}", model.to(device), transform, device, output, license=license)

@@ -16,6 +16,7 @@ Without `model` it audits the one folder `generated_dir` into out_dir.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from eval.config import resolve_device, run_job_cli, to_config
 from eval.generate_images import GenerationSettings, generate_for_job, scale_dir
 from eval.images import ids_of, list_images
 from eval.replication.descriptors import SSCD_RESIZE, build_descriptor
+from eval.replication.index import IndexSettings, ReplicationIndex, open_index, recall_at_1
 from eval.replication.report import draw_match_grid, similarity_stats
 from eval.replication.search import nearest_other, topk_cosine
 from eval.replication.store import DescriptorStore, build_store, embed_dataset
@@ -41,7 +43,7 @@ from eval.replication.store import DescriptorStore, build_store, embed_dataset
 REPORT_FILE = "replication.json"
 MATCHES_FILE = "matches.jsonl"
 GRID_FILE = "top_matches.png"
-SEARCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,9 +68,11 @@ class ReplicationEvalConfig(GenerationSettings):
     store_dir: Optional[str] = None
     """Training-descriptor store, computed once and reused / resumed; default <out_dir>/train_descriptors."""
     descriptor: str = "sscd"
-    """"sscd" (default), "clip" or "dino"."""
+    """"sscd" (default; weights CC-BY-NC 4.0), "dinov2" (Apache-2.0; calibrate its threshold with
+    eval.replication.calibrate), "clip" or "dino"."""
     weights: Optional[str] = "weights/sscd_disc_mixup.torchscript.pt"
-    """SSCD: a .torchscript.pt or .torchvision.pt file. clip / dino: a transformers model folder."""
+    """SSCD: a .torchscript.pt or .torchvision.pt file. dinov2: a hub name or transformers folder. clip / dino:
+    a transformers model folder."""
     random_weights_test_only: bool = False
     """Randomly initialised descriptor instead of `weights`. Tests only: the audit then means nothing."""
     resize: int = SSCD_RESIZE
@@ -77,11 +81,13 @@ class ReplicationEvalConfig(GenerationSettings):
     """Stored descriptor precision: "float16" (half the disk/RAM) or "float32"."""
     chunk_size: int = 10000
     """Training samples per stored chunk, the unit of resumption."""
+    index: IndexSettings = field(default_factory=IndexSettings)
+    """The FAISS search index over the store (eval.replication.index.IndexSettings: kind, approx_threshold,
+    factory, nprobe, candidates, memory_budget_gb, ...); built beside the store, resumable, reused."""
+    recall_queries: int = 1000
+    """Generated images (random, seeded) whose index top-1 is checked against exact search: the report's recall@1."""
     search_chunk_rows: int = 65536
-    """Training descriptors per matrix product in the search."""
-    search_dtype: str = "float32"
-    """Precision of the search's products: "float32" (exact), "float16" or "bfloat16" (faster where the hardware
-    has kernels for them; see benchmarks/results/replication_search.md)."""
+    """Training descriptors per matrix product in that exact check."""
     top_k: int = 5
     """Matches kept per generated image in matches.jsonl."""
     background_queries: int = 10000
@@ -121,8 +127,8 @@ def run(cfg) -> Optional[dict]:
     """Runs the audit from a ReplicationEvalConfig, a dict or a DictConfig; returns the report dict (None on
     ranks > 0, which only generate)."""
     cfg = to_config(ReplicationEvalConfig, cfg)
-    if cfg.search_dtype not in SEARCH_DTYPES:  # checked before hours of embedding, not after
-        raise ValueError(f"search_dtype must be one of {sorted(SEARCH_DTYPES)}, got {cfg.search_dtype!r}")
+    if cfg.index.kind not in ("auto", "flat", "approx"):  # checked before hours of embedding, not after
+        raise ValueError(f"index.kind must be one of auto, flat, approx; got {cfg.index.kind!r}")
     if cfg.model and cfg.generated_dir:
         raise ConfigError("set either model (generate, then audit) or generated_dir (audit existing images), not both")
     if not cfg.model and not cfg.generated_dir:
@@ -134,6 +140,7 @@ def run(cfg) -> Optional[dict]:
     # Built before any long work (generation included), so missing weights fail first.
     descriptor = build_descriptor(cfg.descriptor, cfg.weights, device, random_weights=cfg.random_weights_test_only,
                                   resize=cfg.resize, seed=cfg.seed)
+    log.warning("descriptor %s: weights license %s", descriptor.name, descriptor.license)
     if cfg.model:
         folders = generate_for_job(cfg, cfg.prompts, cfg.out_dir, cfg.device,
                                    caption_key=cfg.prompts_caption_key, id_key=cfg.prompts_id_key)
@@ -146,20 +153,22 @@ def run(cfg) -> Optional[dict]:
                         batch_size=cfg.batch_size, num_workers=cfg.num_workers, max_samples=cfg.max_train_samples)
     if store.num_samples < 2:
         raise ValueError(f"{cfg.train_mds}: the background needs at least 2 training images")
-    search = dict(chunk_rows=cfg.search_chunk_rows, device=device, compute_dtype=SEARCH_DTYPES[cfg.search_dtype])
+    index = open_index(store, cfg.index)
+    search = dict(chunk_rows=cfg.search_chunk_rows, device=device)  # the exact check of the index's recall
 
     # The background depends only on the training set, so one serves every scale.
     rng = np.random.default_rng(cfg.seed)
     n_bg = min(cfg.background_queries, store.num_samples)
     bg_index = np.sort(rng.choice(store.num_samples, n_bg, replace=False))
-    bg_scores, _ = nearest_other(store.rows(bg_index), bg_index, store.blocks(), **search)
+    bg_scores, _ = nearest_other(store.rows(bg_index), bg_index, index.search)
     background = similarity_stats(bg_scores, cfg.thresholds)
 
     if not cfg.model:
-        return audit_folder(cfg.generated_dir, cfg.out_dir, cfg, descriptor, store, store_dir, background, search)
-    summary = {"model": cfg.model, "ema": cfg.ema, "train_background": background, "per_scale": {}}
+        return audit_folder(cfg.generated_dir, cfg.out_dir, cfg, descriptor, index, store_dir, background, search)
+    summary = {"model": cfg.model, "ema": cfg.ema, "descriptor_weights_license": descriptor.license,
+               "train_background": background, "per_scale": {}}
     for scale, folder in sorted(folders.items()):
-        report = audit_folder(folder, scale_dir(cfg.out_dir, scale), cfg, descriptor, store, store_dir, background, search)
+        report = audit_folder(folder, scale_dir(cfg.out_dir, scale), cfg, descriptor, index, store_dir, background, search)
         summary["per_scale"][f"{scale:g}"] = {"guidance_scale": scale, "dir": os.path.basename(scale_dir(cfg.out_dir, scale)),
                                              **report}
     with open(os.path.join(cfg.out_dir, REPORT_FILE), "w") as f:
@@ -167,20 +176,40 @@ def run(cfg) -> Optional[dict]:
     return summary
 
 
-def audit_folder(folder: str, out_dir: str, cfg: ReplicationEvalConfig, descriptor, store: DescriptorStore,
+def index_recall(index: ReplicationIndex, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, n: int,
+                 seed: int, search: dict) -> dict:
+    """The index's re-ranked top-1 against exact search over the whole store, on a random sample of the queries."""
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(queries), min(n, len(queries)), replace=False))
+    exact_s, exact_i = topk_cosine(queries[sample], index.store.blocks(), k=1, **search)
+    ok = recall_at_1(ids[sample, 0], scores[sample, 0], exact_i[:, 0], exact_s[:, 0])
+    high = exact_s[:, 0] >= 0.5
+    return {
+        "kind": index.kind, "type": index.factory, "shards": index.num_shards, "index_bytes": index.index_bytes,
+        "nprobe": index.settings.nprobe if index.kind == "approx" else None,
+        "candidates_reranked": index.settings.candidates, "similarities": "exact cosine (re-ranked from the store)",
+        "recall_queries": int(len(sample)), "recall_at_1": float(ok.mean()),
+        "recall_queries_exact_top1_ge_0.5": int(high.sum()),
+        "recall_at_1_exact_top1_ge_0.5": float(ok[high].mean()) if high.any() else None,
+    }
+
+
+def audit_folder(folder: str, out_dir: str, cfg: ReplicationEvalConfig, descriptor, index: ReplicationIndex,
                  store_dir: str, background: dict, search: dict) -> dict:
     """Top-k training matches of every image in `folder` -> out_dir/{replication.json, matches.jsonl, top_matches.png}."""
+    store = index.store
     files = list_images(folder)
     ids_of(files)
     generated, names = embed_dataset(FolderImages(files, descriptor.transform), descriptor,
                                      batch_size=cfg.batch_size, num_workers=cfg.num_workers, description="generated")
-    scores, index = topk_cosine(generated, store.blocks(), k=min(cfg.top_k, store.num_samples), **search)
+    scores, ids = index.search(generated, min(cfg.top_k, store.num_samples))
+    index_report = index_recall(index, generated, scores, ids, cfg.recall_queries, cfg.seed, search)
 
     os.makedirs(out_dir, exist_ok=True)
     matches = []
-    attribution = store.attributions(index)
+    attribution = store.attributions(ids)
     with open(os.path.join(out_dir, MATCHES_FILE), "w") as f:
-        for name, row_scores, row_index in zip(names, scores, index):
+        for name, row_scores, row_index in zip(names, scores, ids):
             row = {"generated": name, "matches": [
                 {"score": float(s), **attribution[int(i)]} for s, i in zip(row_scores, row_index)
             ]}
@@ -191,6 +220,8 @@ def audit_folder(folder: str, out_dir: str, cfg: ReplicationEvalConfig, descript
     top = [matches[i] for i in order[:cfg.grid_rows]]
     report = {
         "descriptor": descriptor.name,
+        "descriptor_weights_license": descriptor.license,
+        "index": index_report,
         "random_weights_test_only": cfg.random_weights_test_only,
         "generated_dir": os.path.abspath(folder),
         "train_mds": os.path.abspath(cfg.train_mds),

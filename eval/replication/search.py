@@ -1,14 +1,13 @@
-"""Exact top-k cosine search of query descriptors against a large stored set, chunk by chunk.
+"""Exact top-k cosine search of query descriptors against a large stored set, chunk by chunk: the ground truth.
 
-Descriptors are L2-normalised, so cosine similarity is a matrix product. The database is walked in
-chunks of `chunk_rows` (it may be a list of arrays, e.g. the memory-mapped chunk files of a descriptor
-store, and never has to fit in memory at once); each chunk's scores are reduced with torch.topk and
-merged into a running top-k. Written here rather than taken from faiss, which is not a dependency of
-this project, because exact search at this scale is one matmul + topk per chunk.
+The audit searches with a FAISS index (eval.replication.index); this exact search measures that index's
+recall@1 on a held-out sample of queries, streaming the store's memory-mapped chunks (which never have to fit
+in memory at once): one matrix product + torch.topk per chunk, merged into a running top-k. Kept beside
+FAISS because its IndexFlatIP needs the whole set in RAM as float32, and a sample of queries needs one pass.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -59,14 +58,14 @@ def topk_cosine(
 
 
 def nearest_other(
-    queries: np.ndarray, query_indices: np.ndarray, database: Database, **search_kwargs
+    queries: np.ndarray, query_indices: np.ndarray, search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 neighbour of database rows `query_indices` excluding the row itself: the train-vs-train background.
 
-    Searches top-2 and drops the query's own row wherever it appears (an exact duplicate elsewhere in the
-    database may tie with it and come first).
+    `search(queries, k)` returns (scores, ids) best first (an index's search, or exact topk_cosine). Asks for
+    top-2 and drops the query's own row wherever it appears (an exact duplicate elsewhere may tie and come first).
     """
-    scores, index = topk_cosine(queries, database, k=2, **search_kwargs)
+    scores, index = search(queries, 2)
     self_first = index[:, 0] == np.asarray(query_indices)
     pick = np.where(self_first, 1, 0)
     rows = np.arange(len(index))

@@ -109,9 +109,24 @@ class DescriptorStore:
         return [np.load(self._path("desc", k), mmap_mode="r") for k in range(self.num_chunks)]
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
-        indices = np.asarray(indices)
-        blocks = self.blocks()
-        return np.stack([blocks[i // self.chunk_size][i % self.chunk_size] for i in indices]).astype(np.float32)
+        """float32 descriptors of the given sample indices, in that order; one fancy-indexed read per chunk."""
+        indices = np.asarray(indices, dtype=np.int64).ravel()
+        blocks = self._blocks_cached()
+        out = np.empty((len(indices), blocks[0].shape[1]), dtype=np.float32)
+        order = np.argsort(indices, kind="stable")
+        chunk_of = indices[order] // self.chunk_size
+        starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+            k = int(chunk_of[a])
+            where = order[a:b]
+            out[where] = blocks[k][indices[where] - k * self.chunk_size]  # sorted rows: sequential-ish reads
+        return out
+
+    def _blocks_cached(self) -> list[np.ndarray]:
+        # memory maps are cheap to keep; re-opening ~1000 chunk files per re-rank batch is not
+        if getattr(self, "_mmaps", None) is None:
+            self._mmaps = self.blocks()
+        return self._mmaps
 
     def _attribution_chunk(self, k: int) -> list[dict]:
         with open(self._path("attr", k)) as f:

@@ -82,6 +82,10 @@ def test_report_statistics(report):
     bg = rep["train_background"]
     assert bg["n"] == 12 and -1 <= bg["mean"] <= bg["max"] < 0.9999  # nearest *other* image, never itself
     assert rep["n_train"] == N_TRAIN and "warning" in rep
+    assert rep["descriptor_weights_license"].startswith("CC-BY-NC-4.0")
+    index = rep["index"]  # small set: exact flat index, whose recall against exact search is 1
+    assert index["kind"] == "flat" and index["type"] == "IDMap,Flat" and index["recall_queries"] == 10
+    assert index["recall_at_1"] == 1.0 and index["similarities"].startswith("exact cosine")
     grid = Image.open(os.path.join(cfg.out_dir, rep["grid"]))
     assert grid.format == "PNG" and grid.width > 3 * 192 and grid.height > 5 * 192
 
@@ -124,5 +128,23 @@ def test_cli_fails_in_one_line_without_weights(data, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "place an SSCD model file" in err
     assert main([str(path), "random_weights_tests=true"]) == 2  # unknown key, named
     assert "random_weights_tests" in capsys.readouterr().err
-    assert main([str(path), "search_dtype=int8"]) == 2
-    assert "search_dtype must be one of" in capsys.readouterr().err
+    assert main([str(path), "index.kind=hnsw"]) == 2
+    assert "index.kind must be one of" in capsys.readouterr().err
+
+
+def test_approximate_index_audit_reports_its_type_and_recall(report, tmp_path):
+    cfg, flat = report
+    store_dir = os.path.join(cfg.out_dir, "train_descriptors")  # reuse the stored descriptors: no re-embedding
+    approx = run({**cfg.__dict__, "out_dir": str(tmp_path / "approx"), "store_dir": store_dir, "recall_queries": 6,
+                  "index": {"kind": "approx", "factory": "IVF2,PQ256x4fs", "nprobe": 2, "candidates": 8}})
+    index = approx["index"]
+    assert index["kind"] == "approx" and index["type"] == "IVF2,PQ256x4fs" and index["nprobe"] == 2
+    assert index["recall_queries"] == 6 and 0.0 <= index["recall_at_1"] <= 1.0
+    assert os.path.isdir(os.path.join(store_dir, "index", "ivf2-pq256x4fs"))
+    with open(tmp_path / "approx" / "replication.json") as f:
+        assert json.load(f)["index"] == index
+    # with every list probed and exact re-ranking, the audit's numbers equal the exact audit's
+    assert index["recall_at_1"] == 1.0
+    assert approx["generated"] == pytest.approx(flat["generated"], abs=1e-5)  # images re-embedded: float noise
+    # the planted copies (random weights put the novel images' matches in near-ties)
+    assert [m["index"] for m in approx["top_matches"][:4]] == [m["index"] for m in flat["top_matches"][:4]]

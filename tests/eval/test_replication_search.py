@@ -39,7 +39,7 @@ def test_nearest_other_skips_self_and_keeps_duplicates():
     db = unit(rng, 30, 8)
     db[20] = db[5]  # an exact duplicate inside the training set
     idx = np.array([0, 5, 20, 29])
-    scores, index = nearest_other(db[idx], idx, [db[:10], db[10:]], chunk_rows=4)
+    scores, index = nearest_other(db[idx], idx, lambda q, k: topk_cosine(q, [db[:10], db[10:]], k=k, chunk_rows=4))
     sims = db @ db.T
     np.fill_diagonal(sims, -np.inf)
     assert index[0] == np.argmax(sims[0]) and index[3] == np.argmax(sims[29])
@@ -47,15 +47,37 @@ def test_nearest_other_skips_self_and_keeps_duplicates():
     assert (index != idx).all()
 
 
-def test_search_benchmark_writes_json_and_markdown(tmp_path):
+def _benchmark_module():
+    # by path: tests/benchmarks/ is also a package named "benchmarks" and shadows the repository's one
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "replication_search.py")
+    spec = importlib.util.spec_from_file_location("replication_search_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_benchmark_writes_one_row_per_index_and_size(tmp_path):
     import json
 
-    from benchmarks.replication_search import main
-
-    assert main(["--sizes", "3000", "--queries", "16", "--dim", "32", "--chunk-rows", "1000", "--repeats", "1",
-                 "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "replication_search.json").read_text())
-    rows = [r for r in result["rows"] if "error" not in r]
-    assert rows and all(r["queries_per_second"] > 0 and r["database"] == 3000 for r in rows)
-    assert rows[0]["top1_agrees_with_float64"] == 1.0  # float32 search is exact
-    assert "queries/s" in (tmp_path / "replication_search.md").read_text()
+    bench = _benchmark_module()
+    out = tmp_path / "out"
+    argv = ["--runs", "3000:IVF8,PQ8x4fs", "3000:IDMap,Flat", "--dim", "32", "--matched", "40", "--plain", "40",
+            "--ground-truth", "20", "--chunk", "1000", "--train-samples", "1000", "--sweep", "8:16",
+            "--scratch", str(tmp_path / "scratch"), "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads((out / bench.RESULT_FILE).read_text())
+    rows = {r["index"]: r for r in result["rows"]}
+    assert set(rows) == {"exact", "IVF8,PQ8x4fs", "IDMap,Flat"} and all(r["n_database"] == 3000 for r in rows.values())
+    for r in rows.values():
+        for key in ("queries_per_s", "recall_at_1_matched", "recall_at_1_plain", "build_s", "index_bytes"):
+            assert key in r
+        assert r["queries_per_s"] > 0
+    assert rows["IDMap,Flat"]["recall_at_1_matched"] == 1.0 and rows["IDMap,Flat"]["recall_at_1_plain"] == 1.0
+    assert rows["IVF8,PQ8x4fs"]["recall_at_1_matched"] >= 0.5 and 0 < rows["IVF8,PQ8x4fs"]["index_bytes"]
+    assert {e["n_database"] for e in result["extrapolated"]} == {22_000_000, 57_000_000}
+    assert all(e["extrapolated"] for e in result["extrapolated"])
+    assert not (tmp_path / "scratch").exists()  # synthetic stores are deleted
+    assert bench.main(["--runs", "3000"]) == 2
