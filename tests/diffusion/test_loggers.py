@@ -3,6 +3,7 @@ Composer's own loggers and record training batches. The demo yaml sets trainer.a
 covers Composer's checkpoint lookup through the W&B logger on a first run (diffusion.wandb_logger)."""
 import glob
 import os
+import time
 
 import pytest
 
@@ -38,5 +39,11 @@ def test_tensorboard_and_offline_wandb_log_a_training_batch(demo_dir, tmp_path, 
     events.Reload()
     losses = events.Scalars("loss/train/total")
     assert [e.step for e in losses] == [0, 1] and all(e.value > 0 for e in losses)
-    runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+    # wandb's service process writes the offline run file after finish() returns: wait for it, bounded
+    deadline = time.monotonic() + 30
+    while True:
+        runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+        if (runs and os.path.getsize(runs[0]) > 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert runs and os.path.getsize(runs[0]) > 0, os.listdir(tmp_path)

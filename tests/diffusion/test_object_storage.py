@@ -64,7 +64,7 @@ def unet_state(model):
 
 def test_train_streams_from_s3_checkpoints_to_s3_and_autoresumes_from_there(demo_dir, tmp_path, s3, monkeypatch):
     monkeypatch.chdir(tmp_path)  # files the callbacks write for a remote save folder land in ./<run_name>
-    upload_tree(s3, os.path.join(demo_dir, "data", "shapes"), "shapes")
+    upload_tree(s3, os.path.join(demo_dir, "data", "latents"), "shapes")  # the demo trains on precomputed latents
     # the CFG empty-caption latents live beside the shards in the recipes: read through Composer's get_file
     tokenizer = CLIPTokenizer.from_pretrained(os.path.join(demo_dir, "models", "tokenizer"))
     with open(os.path.join(demo_dir, "models", "text_encoder", "config.json")) as f:
@@ -95,7 +95,7 @@ def test_train_streams_from_s3_checkpoints_to_s3_and_autoresumes_from_there(demo
     assert "runs/s3-test/train_config.yaml" in saved
     assert any(k.endswith("ba2-rank0.pt") for k in saved), saved
     # Streaming fetched the shards from the bucket into the local cache
-    assert any(n.endswith(".mds") for n in os.listdir(tmp_path / "cache-a"))
+    assert any(n.endswith(".mds") for _, _, files in os.walk(tmp_path / "cache-a") for n in files)
 
     # a new trainer on another machine (no local checkpoint, fresh cache) resumes from the bucket
     assert not os.path.exists(tmp_path / "s3-test" / "latest-rank0.pt")  # nothing local to resume from

@@ -13,7 +13,7 @@ import eval.generate_images as gen
 import run
 from data_prep.coco import write_coco_subset
 from diffusion.config import load_config
-from diffusion.demo.components import build_demo_components
+from diffusion.demo.components import build_demo_components, precompute_demo_latents
 from diffusion.demo.shapes import caption, draw, write_shapes
 from diffusion.models.stable_diffusion import StableDiffusion
 from diffusion.train import TrainConfig, build_trainer
@@ -34,6 +34,7 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     write_shapes(str(root / "data" / "shapes"), n=32, seed=0)
     build_demo_components(str(root / "models"), str(root / "data" / "shapes"), vae_steps=0)
+    precompute_demo_latents(str(root / "data" / "shapes"), str(root / "models"), str(root / "data" / "latents"))
     out = root / "train"
     overrides = demo_overrides(str(root), str(out), **{
         "trainer.max_duration": "3ba", "trainer.save_interval": "3ba", "algorithms.ema.half_life": "1ba",
