@@ -220,6 +220,7 @@ def generate_images(
     if sampler not in SAMPLERS:  # checked before loading anything
         raise ValueError(f"sampler {sampler!r} is not one of {sorted(SAMPLERS)}")
     provenance = provenance or ProvenanceConfig()
+    signer = prepare_signer(provenance, provenance_names)  # before any slow work: bad signing material fails first
     init_ranks()
     rank, world = get_rank_world()
     pairs = load_prompt_list(prompts, caption_key, id_key, max_prompts)
@@ -238,7 +239,6 @@ def generate_images(
         torch_device = resolve_device(device)
         from diffusion.inference import load_model
 
-        signer = prepare_signer(provenance, provenance_names)  # before the model load: bad material fails first
         model = load_model(model_path, ema=ema, device=str(torch_device)).eval()
         marker = Marker.for_model(provenance, model, model_path, signer)
         total = sum(len(batch) for _, batch in todo)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
 import sys
@@ -74,11 +73,9 @@ def model_id(unet) -> str:
 
 
 def read_provenance_record(folder: str) -> dict:
-    path = os.path.join(folder, PROVENANCE_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    from diffusion.inference import read_export_record
+
+    return read_export_record(folder, PROVENANCE_FILE)
 
 
 _noticed = set()

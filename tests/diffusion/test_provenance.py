@@ -81,9 +81,11 @@ def test_stock_invisible_watermark_decoder_reads_the_mark():
     from imwatermark import WatermarkDecoder
 
     marked = watermark.embed(photo(256), "0badf00d")
-    bits = WatermarkDecoder("bits", watermark.PAYLOAD_BITS).decode(
-        np.ascontiguousarray(marked[:, :, ::-1]), "dwtDctSvd", scales=watermark.SCALES)
-    assert watermark.id_from_bits(np.asarray(bits, dtype=np.uint8)) == "0badf00d"
+    for image in (marked, jpeg(marked, quality=60)):  # also after an edit, where votes are no longer unanimous
+        stock = WatermarkDecoder("bits", watermark.PAYLOAD_BITS).decode(
+            np.ascontiguousarray(image[:, :, ::-1]), "dwtDctSvd", scales=watermark.SCALES)
+        assert np.array_equal(np.asarray(stock, dtype=np.uint8), watermark._read_bits(image))
+    assert watermark.id_from_bits(np.asarray(stock, dtype=np.uint8)) == "0badf00d"
 
 
 def test_small_images_are_left_unmarked_with_the_reason(material, tmp_path, capsys):
@@ -221,3 +223,55 @@ def test_export_records_the_id_and_the_card_says_how_to_verify(exported):
     card = open(os.path.join(folder, "README.md")).read()
     assert "## Provenance of generated images" in card and f"**`{record['model_id']}`**" in card
     assert f"python -m diffusion.provenance verify IMAGE.png --model {os.path.basename(folder)}" in card
+
+
+# ---- eval images and training sample grids --------------------------------------------------------------------
+def test_eval_images_marked_unless_the_yaml_turns_it_off(exported, material, tmp_path, capsys):
+    from eval.fid_clip_job import main as fid_main
+    from eval.generate_images import generate_images
+
+    _, folder = exported
+    prompts = [("7", PROMPT), ("9", "a white triangle on a green background")]
+    cfg = ProvenanceConfig(sign_cert=material["chain"], sign_key=material["key"], record_seed=True)
+    folders = generate_images(folder, prompts, str(tmp_path / "gen"), [3.0], num_inference_steps=1, height=256,
+                              width=256, seed=10, device="cpu", provenance=cfg)
+    status, lines = verify_lines(capsys, *(os.path.join(folders[3.0], f"{i}.png") for i in ("7", "9")),
+                                 "--model", folder)
+    assert status == 0 and all(": ok; model pipeline id" in line and "48/48 bits agree" in line for line in lines)
+    assert read_manifest(os.path.join(folders[3.0], "9.png")).generation["seed"] == 11  # seed + prompt index
+
+    off = generate_images(folder, prompts[:1], str(tmp_path / "off"), [3.0], num_inference_steps=1, height=256,
+                          width=256, device="cpu", provenance=ProvenanceConfig(enabled=False))
+    status, (line,) = verify_lines(capsys, os.path.join(off[3.0], "7.png"))
+    assert status == 1 and "no provenance found" in line
+
+    # the eval yaml: C2PA required without material stops the job with one line naming the yaml key
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"id": "1", "prompt": PROMPT}) + "\n")
+    yaml = os.path.join(os.path.dirname(__file__), "..", "..", "yamls", "eval-fid-clip.yaml")
+    status = fid_main([yaml, f"model={folder}", "provenance.c2pa=true", "coco_mds=null", "inception_path=random-tiny",
+                       "clip_path=random-tiny", f"prompts_file={tmp_path / 'prompts.jsonl'}",
+                       f"reference_dir={tmp_path}", f"out_dir={tmp_path / 'job'}", "device=cpu"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and errors[0].endswith("set provenance.sign_cert"), errors
+
+
+def test_sample_grids_carry_the_id_of_the_weights_sampled(demo_dir, material, tmp_path, capsys):
+    from diffusion.config import load_config
+    from diffusion.train import TrainConfig, build_trainer
+    from tests.diffusion.conftest import REPO, demo_overrides
+
+    overrides = [o for o in demo_overrides(demo_dir, tmp_path, **{"trainer.max_duration": "2ba"})
+                 if not o.startswith("callbacks.sample_images")]
+    overrides += ["callbacks.sample_images.num_inference_steps=1", "callbacks.sample_images.seeds=[0,1]",
+                  "callbacks.sample_images.height=128", "callbacks.sample_images.width=128",  # grid 256x512
+                  f"callbacks.sample_images.provenance.sign_cert={material['chain']}",
+                  f"callbacks.sample_images.provenance.sign_key={material['key']}"]
+    trainer = build_trainer(load_config(os.path.join(REPO, "yamls", "demo-cpu.yaml"), overrides, TrainConfig))
+    trainer.fit()
+    trainer.close()
+    grids = [str(tmp_path / "checkpoints" / "samples" / f"samples_ba000000{b}.png") for b in (0, 2)]
+    status, lines = verify_lines(capsys, *grids)
+    assert status == 0 and all("signature valid" in line and "48/48 bits agree" in line for line in lines), lines
+    first, last = (read_manifest(g).generation["model_id"] for g in grids)
+    assert first != last  # two batches of training changed the (EMA) weights, and so the id
+
