@@ -114,9 +114,9 @@ def generate_images(
     signer = prepare_signer(provenance, CLI_NAMES)  # before the model load: missing signing material fails at once
 
     model = load_model(model_path, ema=ema, device=device, config=config if not is_pipeline_folder(model_path) else None)
+    marker = Marker.for_model(provenance, model, model_path, signer)  # the id of the weights as stored, before a cast
     model.to(dtype=DTYPES[dtype])
     height, width = _check_size(model, height, width)
-    marker = Marker.for_model(provenance, model, model_path, signer)
     settings = {
         "model": os.path.abspath(model_path), "ema": ema, "prompts": list(prompts), "negative_prompts": negatives,
         "steps": steps, "guidance": guidance, "sampler": sampler, "height": height, "width": width, "dtype": dtype,
