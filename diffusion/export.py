@@ -14,6 +14,7 @@ encoders and micro-conditioning), also text_encoder_2/ tokenizer_2/, loadable wi
   attribution_counts.json   images per license
   train_config.yaml         the resolved training config
   commoncanvas_export.json  which weights (ema | online), dtype, source checkpoint and its step
+  provenance.json           the watermark's model id (diffusion.provenance) and what generated images carry
 
 The scheduler saved is DDIM (the project's default sampler) built from the training noise schedule, so the
 prediction type, betas and timestep spacing match training. `sd2` and `sdxl_size` export to the plain
@@ -40,6 +41,7 @@ from tqdm import tqdm
 
 from diffusion.inference import EXPORT_RECORD, LoadedCheckpoint, ModelLoadError, load_checkpoint
 from diffusion.model_card import data_split, load_eval_results, write_model_card
+from diffusion.provenance import PROVENANCE_FILE, export_record
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_ATTRIBUTION_MAX_ROWS = 1_000_000  # ~200 MB of TSV; beyond that it lives beside the model, not in it
@@ -207,6 +209,10 @@ def _write_folder(loaded: LoadedCheckpoint, staging: str, out_dir: str, dtype: s
     }
     with open(os.path.join(staging, EXPORT_RECORD), "w") as f:
         json.dump(record, f, indent=2)
+    # the id of the weights as saved (after any fp16/bf16 cast), which is what loading the folder gives back
+    provenance = export_record(pipeline.unet, os.path.basename(out_dir), split.name, split.summary)
+    with open(os.path.join(staging, PROVENANCE_FILE), "w") as f:
+        json.dump(provenance, f, indent=2)
     write_model_card(staging, {
         "name": os.path.basename(out_dir), "split": split, "per_license": counts["per_license"],
         "images": counts["images"], "architecture": arch, "weights": loaded.weights, "dtype": dtype,
@@ -215,7 +221,7 @@ def _write_folder(loaded: LoadedCheckpoint, staging: str, out_dir: str, dtype: s
             "global_batch": cfg.trainer.train_batch_size, "lr": cfg.optimizer.lr,
             "checkpoint": os.path.basename(loaded.path), "run_name": cfg.run_name,
         },
-        "attribution": attribution_line, "eval_results": evals,
+        "attribution": attribution_line, "eval_results": evals, "provenance": provenance,
     })
     steps.update()
 

@@ -3,11 +3,16 @@
     python -m diffusion.generate MODEL_DIR_OR_CHECKPOINT --prompt "a lighthouse at dusk" [--prompt ...]
         [--negative-prompt ...] [--n 4] [--steps 30] [--guidance 7] [--seed 0] [--sampler ddim|euler|dpm]
         [--height H --width W] [--out DIR] [--device cpu|cuda] [--no-ema]
+        [--no-provenance] [--c2pa] [--sign-cert CHAIN.pem --sign-key KEY.pem] [--record-prompt] [--record-seed]
 
 Writes DIR/p{prompt:03d}_s{seed}.png for each prompt and sample i (sample i of every prompt starts from the
 noise of seed+i, the same noise diffusers' pipeline draws for torch.Generator().manual_seed(seed+i)), a
 grid DIR/grid.png (rows: prompts, columns: samples) and DIR/generate.json with the settings. A rerun with the
 same settings skips images already written; with other settings it refuses unless --overwrite.
+
+Every image carries provenance (diffusion.provenance): an invisible watermark with the model's id, and a signed
+C2PA manifest when --sign-cert/--sign-key are given (--c2pa: required). Check with
+`python -m diffusion.provenance verify DIR/*.png`.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from tqdm import tqdm
 from data_prep.json_records import changed_settings, read_settings, write_json_atomic
 from diffusion.inference import ModelLoadError, is_pipeline_folder, load_model
 from diffusion.models.samplers import SAMPLERS
+from diffusion.provenance import CLI_NAMES, Marker, ProvenanceConfig, add_cli_flags, config_from_args, prepare_signer
 
 SETTINGS_FILE = "generate.json"
 GRID_FILE = "grid.png"
@@ -37,12 +43,16 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((image.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8))
 
 
-def write_grid(paths_by_prompt: list[list[str]], path: str) -> str:
+def write_grid(paths_by_prompt: list[list[str]], path: str, marker: Marker | None = None) -> str:
     from diffusion.callbacks.sample_images import image_grid
 
     images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for row in paths_by_prompt for p in row]
     tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    image_grid(tensor, rows=len(paths_by_prompt)).save(path)
+    grid = image_grid(tensor, rows=len(paths_by_prompt))
+    if marker is None:
+        grid.save(path)
+    else:
+        marker.save(grid, path)
     return path
 
 
@@ -84,8 +94,10 @@ def generate_images(
     dtype: str = "fp32",
     batch_size: int = 8,
     overwrite: bool = False,
+    provenance: ProvenanceConfig | None = None,
 ) -> list[str]:
-    """Writes the PNGs and the grid; returns the image paths (prompt-major). ema=None: EMA if present."""
+    """Writes the PNGs and the grid; returns the image paths (prompt-major). ema=None: EMA if present.
+    provenance: what the images carry (default: watermark, plus C2PA when signing material is set)."""
     if not prompts:
         raise ValueError("--prompt: give at least one prompt")
     if sampler not in SAMPLERS:
@@ -99,13 +111,16 @@ def generate_images(
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
     negatives = (negative_prompts * len(prompts) if len(negative_prompts or []) == 1 else negative_prompts) or [""] * len(prompts)
+    signer = prepare_signer(provenance, CLI_NAMES)  # before the model load: missing signing material fails at once
 
     model = load_model(model_path, ema=ema, device=device, config=config if not is_pipeline_folder(model_path) else None)
+    marker = Marker.for_model(provenance, model, model_path, signer)  # the id of the weights as stored, before a cast
     model.to(dtype=DTYPES[dtype])
     height, width = _check_size(model, height, width)
     settings = {
         "model": os.path.abspath(model_path), "ema": ema, "prompts": list(prompts), "negative_prompts": negatives,
         "steps": steps, "guidance": guidance, "sampler": sampler, "height": height, "width": width, "dtype": dtype,
+        "provenance": marker.record(),
     }  # n and seed are left out: changing them only adds or picks other files
     _check_settings(out_dir, settings, overwrite)
     os.makedirs(out_dir, exist_ok=True)
@@ -122,12 +137,11 @@ def generate_images(
                 sampler=sampler, seed=[s for _, s in batch],
             )
             for (j, s), image in zip(batch, images):
-                path = image_path(out_dir, j, s)
-                _to_pil(image).save(path + ".tmp.png")
-                os.replace(path + ".tmp.png", path)  # a killed run never leaves a half-written PNG
+                # written to a temporary name and renamed: a killed run never leaves a half-written PNG
+                marker.save(_to_pil(image), image_path(out_dir, j, s), prompt=prompts[j], negative_prompt=negatives[j], seed=s)
             progress.update(len(batch))
     rows = [[image_path(out_dir, j, seed + i) for i in range(n)] for j in range(len(prompts))]
-    write_grid(rows, os.path.join(out_dir, GRID_FILE))
+    write_grid(rows, os.path.join(out_dir, GRID_FILE), marker)
     return [p for row in rows for p in row]
 
 
@@ -151,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ema", action="store_true", help="checkpoint: use the online weights (default: EMA if present)")
     parser.add_argument("--config", help="checkpoint: training yaml (default: train_config.yaml beside it)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate into an --out made with other settings")
+    add_cli_flags(parser)
     args = parser.parse_args(argv)
     try:
         paths = generate_images(
             args.model, args.prompt, args.out, negative_prompts=args.negative_prompt, n=args.n, steps=args.steps,
             guidance=args.guidance, seed=args.seed, sampler=args.sampler, height=args.height, width=args.width,
             device=args.device, ema=False if args.no_ema else None, config=args.config, dtype=args.dtype,
-            batch_size=args.batch_size, overwrite=args.overwrite,
+            batch_size=args.batch_size, overwrite=args.overwrite, provenance=config_from_args(args),
         )
     except (ModelLoadError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)

@@ -208,8 +208,9 @@ def load_checkpoint(path: str, ema: bool | None = True, config: str | None = Non
 
 
 # ---- exported diffusers folders ---------------------------------------------------------------------------
-def read_export_record(folder: str) -> dict:
-    record_path = os.path.join(folder, EXPORT_RECORD)
+def read_export_record(folder: str, name: str = EXPORT_RECORD) -> dict:
+    """A JSON record diffusion.export wrote into the folder ({} when absent): commoncanvas_export.json, provenance.json."""
+    record_path = os.path.join(folder, name)
     if not os.path.isfile(record_path):
         return {}
     with open(record_path) as f:

@@ -123,9 +123,32 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
+def _provenance_section(record: dict | None, name: str) -> list[str]:
+    if not record:
+        return []
+    return [
+        "## Provenance of generated images",
+        "",
+        f"Images made with `python -m diffusion.generate` or the eval jobs carry an invisible watermark holding this "
+        f"model's id **`{record['model_id']}`** ({record['watermark']['method']}; images of at least 256x256 pixels; "
+        "it survives JPEG re-encoding at quality 75 and a 0.5x resize), and, when a signing certificate and key are "
+        f"configured, a signed C2PA manifest (Content Credentials) declaring `trainedAlgorithmicMedia`, the "
+        f"generator ({record['c2pa']['generator']}), this model and its training-data split ({record['split']}) "
+        "with the license terms above. Prompts and seeds go into the manifest only when asked (`--record-prompt`, "
+        "`--record-seed`); `--no-provenance` turns marking off. Verify an image with:",
+        "",
+        "```bash",
+        f"python -m diffusion.provenance verify IMAGE.png --model {name}   # [--trust-anchors CA.pem]",
+        "```",
+        "",
+        "Images from the diffusers pipeline directly are not marked. Details: `provenance.json` in this folder.",
+        "",
+    ]
+
+
 def render_model_card(info: dict) -> str:
     """`info` keys: name, split (DataSplit), per_license, images, architecture (dict), training (dict),
-    attribution (text line), eval_results (list of (path, json)), weights, dtype."""
+    attribution (text line), eval_results (list of (path, json)), weights, dtype, provenance (provenance.json)."""
     split: DataSplit = info["split"]
     arch, training = info["architecture"], info["training"]
     tags = ["text-to-image", "diffusers", "commoncanvas", "creative-commons"]
@@ -192,6 +215,7 @@ def render_model_card(info: dict) -> str:
         "",
         info["attribution"],
         "",
+        *_provenance_section(info.get("provenance"), info["name"]),
         "## Evaluation",
         "",
         *_eval_section(info.get("eval_results") or []),

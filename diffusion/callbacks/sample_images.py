@@ -2,6 +2,8 @@
 
 Uses the EMA weights when EMA is on, as the exported model will. Every rank samples (FSDP needs all
 ranks in the forward pass); rank 0 writes the files and logs the images to any configured logger.
+Grids carry provenance like every generated image (diffusion.provenance; `provenance: {enabled: false}` to
+turn it off): the watermark holds the id of the weights sampled with (grids under 256x256 pixels stay unmarked).
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from composer.utils import dist
 from PIL import Image
 
 from diffusion.callbacks.ema_swap import ema_weights_active
+from diffusion.provenance import Marker, ProvenanceConfig, model_id, prepare_signer
+
+SIGNING_NAMES = tuple(f"callbacks.sample_images.provenance.{k}" for k in ("sign_cert", "sign_key", "signing_alg"))
 
 
 def unwrap(model):
@@ -57,6 +62,7 @@ class SampleImages(Callback):
         width: int | None = None,
         folder: str = "samples",  # relative to the trainer's save_folder
         upscaled_cell_px: int = 128,  # also write an enlarged copy when cells are smaller (0: don't)
+        provenance: dict | None = None,  # diffusion.provenance.ProvenanceConfig fields
     ):
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.every_n_batches = every_n_batches
@@ -65,6 +71,8 @@ class SampleImages(Callback):
         self.folder = folder
         self.upscaled_cell_px = upscaled_cell_px
         self.written: list[str] = []
+        self.provenance = ProvenanceConfig(**(provenance or {}))
+        self.signer = prepare_signer(self.provenance, SIGNING_NAMES) if dist.get_global_rank() == 0 else None
 
     def sample(self, state: State, logger: Logger, tag: str) -> str | None:
         model = unwrap(state.model)
@@ -80,13 +88,15 @@ class SampleImages(Callback):
         with ema_weights_active(state), fsdp, torch.no_grad():
             with get_precision_context(state.precision):
                 images = model.generate(prompts, seed=seeds, **self.kwargs)
+            marked = self.provenance.enabled and dist.get_global_rank() == 0
+            identity = model_id(model.unet) if marked else ""  # the weights just sampled with (EMA when on)
         model.train(was_training)
         if dist.get_global_rank() != 0:
             return None
         os.makedirs(self.folder, exist_ok=True)
         path = os.path.join(self.folder, f"samples_{tag}.png")
         grid = image_grid(images, rows=len(self.prompts))
-        grid.save(path)
+        Marker(self.provenance, identity, f"training samples {tag}", signer=self.signer).save(grid, path)
         save_upscaled_copy(grid, path, min(images.shape[-2:]), self.upscaled_cell_px)
         self.written.append(path)
         logger.log_images(images, name="samples", step=int(state.timestamp.batch))
