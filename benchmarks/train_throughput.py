@@ -131,11 +131,13 @@ def save_sd2_size_components(folder: str) -> str:
     return folder
 
 
-def build_model(config: str, workdir: str) -> StableDiffusion:
+def build_model(config: str, workdir: str, components: str | None = None) -> StableDiffusion:
+    """`components`: a folder save_sd2_size_components already wrote (else one is written under workdir)."""
     torch.manual_seed(0)
     if config == "tiny":
         return build_stable_diffusion(unet="tiny", vae="tiny", text_encoder="tiny", tokenizer="tiny")
-    folder = save_sd2_size_components(os.path.join(workdir, "components"))
+    folder = components or save_sd2_size_components(os.path.join(workdir, "components"))
+    torch.manual_seed(0)
     return build_stable_diffusion(unet=config, vae=folder, text_encoder=folder, tokenizer=folder)
 
 
@@ -253,9 +255,10 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize()
 
 
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> dict:
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> dict:
     """Best FLOP/s of a large square matmul: the practical peak MFU is measured against."""
-    n, iters, repeats = (8192, 20, 5) if device.type == "cuda" else (2048, 3, 3)
+    size, iters, repeats = (8192, 20, 5) if device.type == "cuda" else (2048, 3, 3)
+    n = n or size
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -268,7 +271,8 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> dict:
             a @ b
         timer.mark()
         best = min(best, timer.step_seconds()[0])
-    return {"n": n, "tflops": round(2 * n ** 3 * iters / best / 1e12, 3)}
+    # 4 significant digits, not decimals: a slow CPU peak must not round to 0 (MFU divides by it)
+    return {"n": n, "tflops": float(f"{2 * n ** 3 * iters / best / 1e12:.4g}")}
 
 
 # ---- one row -------------------------------------------------------------------------------------------
