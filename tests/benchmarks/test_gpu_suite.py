@@ -74,3 +74,45 @@ def test_unknown_part_is_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         gpu_suite.main(["--quick", "--parts", "a,z", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "unknown part" in capsys.readouterr().err
+
+
+# ---- the wheel folder for a GPU machine without a registry (benchmarks/gpu/check_wheels.py) ----------------
+def _touch(folder, *names, size=1):
+    for name in names:
+        (folder / name).write_bytes(b"x" * size)
+
+
+def test_wheel_folder_check_finds_missing_duplicate_foreign_and_mismatched(tmp_path, monkeypatch):
+    from benchmarks.gpu import check_wheels as cw
+
+    pins = {"omegaconf": "2.3.1", "tokenizers": "0.22.2", "zstd": "1.5.6.1", "coolname": "2.2.0"}
+    _touch(tmp_path, "omegaconf-2.3.1-py3-none-any.whl", "tokenizers-0.22.2-cp39-abi3-manylinux_2_17_x86_64.whl",
+           "zstd-1.5.6.1-cp312-cp312-manylinux2014_x86_64.whl", "coolname-2.2.0-py2.py3-none-any.whl")
+    problems, info = cw.check_folder(str(tmp_path), pins, {"omegaconf": "2.3.1", "zstd": "1.5.7.2"})
+    assert problems == [] and info["bytes"] == 4  # zstd may differ from requirements (wheels.txt says why)
+    assert info["wheels"]["tokenizers"]["loads_here"] and not info["wheels"]["zstd"]["loads_here"]
+
+    (tmp_path / "coolname-2.2.0-py2.py3-none-any.whl").unlink()
+    _touch(tmp_path, "omegaconf-2.3.0-py3-none-any.whl", "extra-1.0-cp312-cp312-macosx_11_0_arm64.whl")
+    problems, _ = cw.check_folder(str(tmp_path), pins, {"tokenizers": "0.22.1"})
+    text = "\n".join(problems)
+    assert "coolname==2.2.0: no wheel" in text and "two wheels of omegaconf" in text
+    assert "extra-1.0-cp312-cp312-macosx_11_0_arm64.whl: not a CPython 3.12 manylinux x86-64 wheel" in text
+    assert "not in wheels.txt" in text and "tokenizers: wheels.txt 0.22.2, requirements 0.22.1" in text
+
+    monkeypatch.setattr(cw, "LIMIT_BYTES", 3)
+    assert any("over the 64 MiB" in p for p in cw.check_folder(str(tmp_path), pins, {})[0])
+
+
+def test_wheels_txt_pins_match_requirements():
+    from benchmarks.gpu import check_wheels as cw
+
+    pins = cw.read_pins(f"{cw.HERE}/wheels.txt")
+    req = {**cw.read_pins(f"{cw.REPO}/requirements/base.txt"), **cw.read_pins(f"{cw.REPO}/requirements/no-deps.txt")}
+    shared = {n for n in pins if n in req} - cw.MAY_DIFFER
+    assert {"mosaicml", "mosaicml-streaming", "diffusers", "transformers", "tokenizers", "huggingface-hub",
+            "omegaconf", "clean-fid"} <= shared
+    assert {n: pins[n] for n in shared} == {n: req[n] for n in shared}
+    # nothing the GPU machine has in a version we accept is shipped twice: those must not be in wheels.txt
+    machine = cw.read_names(f"{cw.HERE}/gpu_machine_packages.txt")
+    assert set(pins) & machine == {"transformers", "huggingface-hub", "tokenizers", "torchmetrics"}
