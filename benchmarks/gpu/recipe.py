@@ -121,7 +121,7 @@ def run(suite: Suite, budget_s: float) -> dict:
         argv = [YAML] + overrides(suite, root, batch, max_batches, first, log, data["resolution"])
         console = os.path.join(root, f"run{n}-console.txt")
         left = budget_s - (suite.elapsed() - part_start)
-        rc = launch(suite, argv, console, timeout_s=min(600.0, max(240.0, 2 * left)))
+        rc = launch(suite, argv, console, timeout_s=max(120.0, min(300.0, 2 * left)))  # a hang must not eat the suite
         free_device_memory(suite.device)
         metrics = read_metrics(log.format(rank=0))
         losses = metrics.get("loss/train/total", {})

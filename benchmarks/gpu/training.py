@@ -77,14 +77,16 @@ def largest_batch(probe, limits: SearchLimits, memory_bytes: int | None, clock) 
         if clock() > limits.time_cap_s:
             return good.batch, "search_time", probes
         fitted = [p for p in probes if p.ok and p.peak_bytes]
-        nxt = 2 * good.batch
+        nxt, reason = 2 * good.batch, "memory"
         if memory_bytes and len(fitted) >= 2:  # peak memory is about linear in the batch: jump to the fit
             (b1, m1), (b2, m2) = sorted((p.batch, p.peak_bytes) for p in fitted)[-2:]
             per_image = (m2 - m1) / (b2 - b1) if b2 > b1 else 0
             if per_image > 0:
-                nxt = max(good.batch + 1, _round_down(int(b2 + (memory_bytes - m2) / per_image)))
-        if good.step_s:  # and no further than the step-time limit allows
-            nxt = min(nxt, max(good.batch + 1, int(good.batch * limits.max_step_s / good.step_s)))
+                nxt = _round_down(int(b2 + (memory_bytes - m2) / per_image))
+        if good.step_s and good.batch * limits.max_step_s / good.step_s < nxt:  # no further than the step time allows
+            nxt, reason = int(good.batch * limits.max_step_s / good.step_s), "step_time"
+        if nxt < limits.cap and nxt <= good.batch + max(1, good.batch // 16):  # within ~6% of a limit: done
+            return good.batch, reason, probes
         nxt = min(nxt, limits.cap)
         p = try_(nxt)
         if p.ok:

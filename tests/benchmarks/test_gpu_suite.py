@@ -116,3 +116,10 @@ def test_wheels_txt_pins_match_requirements():
     # nothing the GPU machine has in a version we accept is shipped twice: those must not be in wheels.txt
     machine = cw.read_names(f"{cw.HERE}/gpu_machine_packages.txt")
     assert set(pins) & machine == {"transformers", "huggingface-hub", "tokenizers", "torchmetrics"}
+
+
+def test_batch_search_stops_near_the_predicted_limit_without_creeping():
+    probe, calls = fake_probe(fits_up_to=10_000)  # the memory line says 100 fit; 100 runs: no +1 probes
+    batch, limited, _ = largest_batch(probe, SearchLimits(8, 4096, 10.0, 60.0), memory_bytes=1000 + 10 * 100,
+                                      clock=lambda: 0.0)
+    assert (batch, limited) == (96, "memory") and calls == [8, 16, 96]
