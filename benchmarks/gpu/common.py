@@ -13,9 +13,6 @@ import time
 
 import torch
 
-RATE_KEYS = ("images_per_s", "samples_per_s", "queries_per_s")
-
-
 @dataclasses.dataclass
 class Suite:
     device: torch.device
@@ -58,10 +55,6 @@ def free_device_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-
-
-def rate_of(row: dict) -> float | None:
-    return next((row[k] for k in RATE_KEYS if row.get(k) is not None), None)
 
 
 def median(values: list[float]) -> float:

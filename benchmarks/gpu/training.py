@@ -122,7 +122,7 @@ class RowRunner:
         self.unet_params = sum(p.numel() for p in self.pristine_unet.parameters())
         self._batches: dict = {}
 
-    def batches(self, batch_size: int, resolution: int, latents: bool) -> dict:
+    def batches(self, batch_size: int, resolution: int) -> dict:
         """The pixel batch, or its latents, encoded once in chunks (what the latents stage would store)."""
         key = (batch_size, resolution)
         if key not in self._batches:
@@ -141,7 +141,7 @@ class RowRunner:
         args = argparse.Namespace(batch_size=batch_size, steps=steps, warmup=warmup, seed=0, compile=False,
                                   no_progress=True)
         try:
-            batches = self.batches(batch_size, resolution, latents=True)
+            batches = self.batches(batch_size, resolution)
         except torch.OutOfMemoryError:
             self._batches = {}
             free_device_memory(self.suite.device)
