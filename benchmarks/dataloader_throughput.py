@@ -63,7 +63,11 @@ def synthetic_image(rng: np.random.Generator, size: int) -> bytes:
     return out.getvalue()
 
 
-def write_shards(folder: str, samples: int, image_size: int, resolution: int, latents: bool, seed: int = 0) -> None:
+def write_shards(folder: str, samples: int, image_size: int, resolution: int, latents: bool, seed: int = 0,
+                 image_latent_shape: tuple = None, caption_latent_shape: tuple = (77, 1024)) -> None:
+    """`samples` synthetic rows; with `latents`, also image latents (default SD2's: 4 x res/8 x res/8) and
+    caption latents of the given shapes, as data_prep.precompute_latents stores them (float16)."""
+    image_latent_shape = image_latent_shape or (4, resolution // 8, resolution // 8)
     columns = dict(schema.FETCH_COLUMNS)
     columns[schema.BLIP2_CAPTION] = "str"
     if latents:
@@ -78,9 +82,8 @@ def write_shards(folder: str, samples: int, image_size: int, resolution: int, la
             sample[schema.IMAGE] = Image.open(io.BytesIO(synthetic_image(rng, image_size)))
             sample[schema.BLIP2_CAPTION] = " ".join(rng.choice(words, int(rng.integers(6, 16))))
             if latents:
-                side = resolution // 8
-                sample[schema.image_latents_key(resolution)] = rng.standard_normal((4, side, side)).astype(np.float16)
-                sample[schema.CAPTION_LATENTS] = rng.standard_normal((77, 1024)).astype(np.float16)
+                sample[schema.image_latents_key(resolution)] = rng.standard_normal(image_latent_shape).astype(np.float16)
+                sample[schema.CAPTION_LATENTS] = rng.standard_normal(caption_latent_shape).astype(np.float16)
             writer.write(sample)
 
 

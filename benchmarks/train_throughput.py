@@ -132,13 +132,15 @@ def save_sd2_size_components(folder: str) -> str:
     return folder
 
 
-def build_model(config: str, workdir: str) -> StableDiffusion:
+def build_model(config: str, workdir: str, components: str | None = None) -> StableDiffusion:
+    """`components`: a folder save_sd2_size_components already wrote (else one is written under workdir)."""
     torch.manual_seed(0)
     if uses_micro_conditioning(unet_config(config)):
         raise BenchmarkError(f"--config {config}: SDXL conditioning is counted with --flops-only; its timed rows are not built yet")
     if config == "tiny":
         return build_stable_diffusion(unet="tiny", vae="tiny", text_encoder="tiny", tokenizer="tiny")
-    folder = save_sd2_size_components(os.path.join(workdir, "components"))
+    folder = components or save_sd2_size_components(os.path.join(workdir, "components"))
+    torch.manual_seed(0)
     return build_stable_diffusion(unet=config, vae=folder, text_encoder=folder, tokenizer=folder)
 
 
