@@ -54,10 +54,11 @@ from composer.core import Precision
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from benchmarks.report import percent, safe_ratio, write_result
-from benchmarks.sdxl_sizes import latent_extras, meta_sdxl_model, pixel_extras
+from benchmarks.model_sizes import (latent_extras, meta_sdxl_model, pixel_extras, save_sd2_size_components,
+                                    sd2_size_text_encoder, sd2_size_vae)
 from diffusion.algorithms.fast_attention import choose_backend, set_attention
 from diffusion.models import tiny
 from diffusion.models.builder import build_stable_diffusion
@@ -106,32 +107,6 @@ class BenchmarkError(Exception):
 
 
 # ---- models --------------------------------------------------------------------------------------------
-def sd2_size_vae() -> AutoencoderKL:
-    """stabilityai/stable-diffusion-2-base's VAE layout (8x downsampling), random weights."""
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        layers_per_block=2, norm_num_groups=32, sample_size=768, scaling_factor=0.18215,
-    )
-
-
-def sd2_size_text_encoder() -> CLIPTextModel:
-    """SD2's text encoder layout (OpenCLIP ViT-H text tower, penultimate layer: 23 layers, 1024 hidden)."""
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-        max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-    ))
-
-
-def save_sd2_size_components(folder: str) -> str:
-    """vae/, text_encoder/, tokenizer/ under `folder`, as a diffusers pipeline folder lays them out. The
-    tokenizer is the offline tiny one padded to 77 tokens: only the sequence length matters for speed."""
-    tiny.save_tiny_tokenizer(os.path.join(folder, "tokenizer"), model_max_length=77)
-    sd2_size_vae().save_pretrained(os.path.join(folder, "vae"))
-    sd2_size_text_encoder().save_pretrained(os.path.join(folder, "text_encoder"))
-    return folder
-
-
 def build_model(config: str, workdir: str, components: str | None = None) -> StableDiffusion:
     """`components`: a folder save_sd2_size_components already wrote (else one is written under workdir)."""
     torch.manual_seed(0)
