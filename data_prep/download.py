@@ -6,6 +6,13 @@ are retried with exponential backoff, while 4xx answers and oversize bodies are 
 streamed and abandoned as soon as they pass ``max_bytes``. Local paths (and ``file://`` URLs at the
 top level, never as a redirect target) are read only when ``allow_local`` is set.
 
+Safe on a cloud node: every hop's host is resolved and refused when any address it resolves to is loopback,
+private, link-local (e.g. the 169.254.169.254 metadata endpoint), multicast, reserved or unspecified, unless
+``allow_private_addresses`` is set, so a crafted URL or redirect cannot reach the node's internal services.
+(The check resolves just before connecting; a DNS answer that changes in between is not caught.)
+Opt-out signals: a response whose ``X-Robots-Tag`` says ``noai`` or ``noimageai`` (optionally scoped to a user
+agent, ``bot: noai``) is skipped with reason ``robots_noai`` unless ``honor_robots_tag`` is off, as img2dataset does.
+
 Redirects and retries are handled here rather than by requests/urllib3 because both hide what we
 need: urllib3's ``Retry`` does not cover failures while streaming the body and reports an exhausted
 read timeout as a plain ``ConnectionError``, and requests' own redirect loop would follow a hop to
@@ -15,8 +22,10 @@ another scheme before we could refuse it.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +40,7 @@ import urllib3
 
 REMOTE_SCHEMES = ("http", "https")
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+ROBOTS_OPT_OUTS = frozenset({"noai", "noimageai"})
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,6 +57,8 @@ class DownloadConfig:
     max_bytes: int = 50 * 2**20
     max_redirects: int = 5
     allow_local: bool = False
+    allow_private_addresses: bool = False  # loopback/private/link-local/multicast hosts; tests' 127.0.0.1 server
+    honor_robots_tag: bool = True  # X-Robots-Tag noai / noimageai
     chunk_size: int = 64 * 2**10
     user_agent: str = "commoncanvas-recipes-fetch/0.1"
 
@@ -90,6 +102,35 @@ def _retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+def robots_opt_out(values: Iterable[str]) -> str | None:
+    """The opt-out directive an X-Robots-Tag header carries (`noai`, `noimageai`), or None. Directives are
+    comma-separated and may be scoped to a user agent (`somebot: noai, noimageai`); any scope counts."""
+    for value in values:
+        for directive in value.split(","):
+            token = directive.split(":")[-1].strip().lower()
+            if token in ROBOTS_OPT_OUTS:
+                return token
+    return None
+
+
+def check_public_host(url: str, resolve: Callable = socket.getaddrinfo) -> None:
+    """Raise DownloadError("private_address") when the URL's host resolves to any non-public address."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        raise DownloadError("bad_url", f"no host in {url!r}")
+    try:
+        infos = resolve(host, parts.port or (443 if parts.scheme.lower() == "https" else 80), 0, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise DownloadError("dns_error", f"{host}: {exc}", retryable=isinstance(exc, socket.gaierror)
+                            and exc.errno == socket.EAI_AGAIN) from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            raise DownloadError("private_address", f"{host} resolves to {address}; pass --allow-private-addresses "
+                                "to fetch from it")
+
+
 def classify_request_exception(exc: BaseException) -> DownloadError:
     """Map a requests/urllib3 exception onto a reason tag and whether retrying may help."""
     if isinstance(exc, DownloadError):
@@ -119,9 +160,11 @@ def classify_request_exception(exc: BaseException) -> DownloadError:
 class Downloader:
     """Thread-safe fetcher; each thread gets its own ``requests.Session`` (sessions are not thread-safe)."""
 
-    def __init__(self, config: DownloadConfig | None = None, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, config: DownloadConfig | None = None, sleep: Callable[[float], None] = time.sleep,
+                 resolve: Callable = socket.getaddrinfo):
         self.config = config or DownloadConfig()
         self._sleep = sleep
+        self._resolve = resolve  # socket.getaddrinfo's signature; tests substitute a fixed answer
         self._local = threading.local()
 
     @property
@@ -188,6 +231,8 @@ class Downloader:
         for _hop in range(cfg.max_redirects + 1):
             if urlsplit(url).scheme.lower() not in REMOTE_SCHEMES:
                 raise DownloadError("bad_scheme", f"redirected to {url!r}")
+            if not cfg.allow_private_addresses:
+                check_public_host(url, self._resolve)  # on every hop: a public page may redirect inwards
             resp = session.get(url, stream=True, allow_redirects=False,
                                timeout=(cfg.connect_timeout, cfg.read_timeout))
             with resp:
@@ -201,6 +246,9 @@ class Downloader:
                         retryable=resp.status_code in RETRYABLE_STATUS,
                         retry_after=_retry_after_seconds(resp.headers.get("Retry-After")),
                     )
+                opt_out = robots_opt_out(resp.raw.headers.getlist("X-Robots-Tag")) if cfg.honor_robots_tag else None
+                if opt_out:
+                    raise DownloadError("robots_noai", f"X-Robots-Tag: {opt_out}")
                 return self._read_body(resp, started), resp.url
         raise DownloadError("too_many_redirects", f"more than {cfg.max_redirects} hops")
 

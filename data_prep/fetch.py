@@ -309,6 +309,8 @@ class FetchConfig:
     backoff: float = 0.5
     max_bytes: int = 50 * 2**20
     allow_local: bool = False
+    allow_private_addresses: bool = False  # refuse loopback/private/link-local/multicast hosts unless set
+    honor_robots_tag: bool = True  # skip responses whose X-Robots-Tag says noai / noimageai
     bucket_edges: tuple[int, ...] | None = None  # None: one dataset; else bands of the original short side
     part_size: int = 1000
     compression: str | None = None  # JPEG bytes do not compress; kept for other codecs
@@ -321,7 +323,7 @@ class FetchConfig:
 # The flags that decide what OUT_DIR holds; workers, timeouts, retries, part size, --limit only decide how fast
 # or how much of it is done, so a resume may change them.
 FINGERPRINT_FLAGS = ("max_side", "min_side", "max_pixels", "jpeg_quality", "resample", "max_bytes", "allow_local",
-                     "bucket_edges")
+                     "bucket_edges", "honor_robots_tag")
 
 
 def fingerprint_record(metadata: str, config: FetchConfig) -> dict:
@@ -341,7 +343,8 @@ def run_fetch(metadata: str, out_dir: str, config: FetchConfig, rank: int | None
 
     downloader = Downloader(DownloadConfig(
         connect_timeout=config.connect_timeout, read_timeout=config.timeout, retries=config.retries,
-        backoff=config.backoff, max_bytes=config.max_bytes, allow_local=config.allow_local))
+        backoff=config.backoff, max_bytes=config.max_bytes, allow_local=config.allow_local,
+        allow_private_addresses=config.allow_private_addresses, honor_robots_tag=config.honor_robots_tag))
     image_config = ImageConfig(max_side=config.max_side, min_side=config.min_side, max_pixels=config.max_pixels,
                                resample=RESAMPLE[config.resample])
     local_root = os.path.dirname(os.path.abspath(metadata)) if config.allow_local else None
@@ -454,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=_size, default=50 * 2**20, help="largest download, e.g. 50mib")
     p.add_argument("--allow-local", action="store_true",
                    help="download_url may be a local path (relative to the metadata file) or file:// URL")
+    p.add_argument("--allow-private-addresses", action="store_true",
+                   help="allow hosts that resolve to loopback/private/link-local/multicast addresses (refused by "
+                        "default, on every redirect hop, so a crafted URL cannot reach a node's internal services)")
+    p.add_argument("--ignore-robots-tag", action="store_true",
+                   help="also keep images whose X-Robots-Tag says noai / noimageai (skipped by default)")
     p.add_argument("--bucket-by-resolution", action="store_true",
                    help="one streaming dataset per band of original short side under OUT_DIR/short_<lo>_<hi>")
     p.add_argument("--bucket-edges", type=_edges, default=DEFAULT_BUCKET_EDGES,
@@ -474,6 +482,7 @@ def config_from_args(args: argparse.Namespace) -> FetchConfig:
         jpeg_quality=args.jpeg_quality, resample=args.resample, workers=args.workers, timeout=args.timeout,
         connect_timeout=args.connect_timeout, retries=args.retries,
         backoff=args.backoff, max_bytes=args.max_bytes, allow_local=args.allow_local,
+        allow_private_addresses=args.allow_private_addresses, honor_robots_tag=not args.ignore_robots_tag,
         bucket_edges=args.bucket_edges if args.bucket_by_resolution else None, part_size=args.part_size,
         compression=args.compression, size_limit=args.size_limit, limit=args.limit, progress=not args.no_progress,
         overwrite=args.overwrite)

@@ -9,7 +9,8 @@ GOOD = b"\xff\xd8\xff\xe0 pretend jpeg bytes" * 100
 
 
 def fast_config(**overrides) -> DownloadConfig:
-    base = dict(connect_timeout=2.0, read_timeout=0.4, retries=2, backoff=0.01, max_backoff=5.0, max_bytes=2**20)
+    base = dict(connect_timeout=2.0, read_timeout=0.4, retries=2, backoff=0.01, max_backoff=5.0, max_bytes=2**20,
+                allow_private_addresses=True)  # the test server is on 127.0.0.1
     return DownloadConfig(**{**base, **overrides})
 
 
@@ -175,3 +176,52 @@ def test_map_unordered_is_lazy_and_propagates_errors():
 
     with pytest.raises(ValueError):
         list(map_unordered(boom, range(3), workers=2))
+
+
+# ---- safe fetching: private addresses and X-Robots-Tag opt-outs ----------------------------------------------
+def resolver(answers: dict):
+    """A getaddrinfo stand-in: host -> address; anything else resolves to the real loopback test server."""
+    def resolve(host, port, *args):
+        return [(2, 1, 6, "", (answers.get(host, "127.0.0.1"), port))]
+    return resolve
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.7", "169.254.169.254", "224.0.0.1",
+                                     "0.0.0.0", "::1", "fd00::1"])
+def test_private_addresses_are_refused_by_default(http_server, address):
+    http_server.routes["/good.jpg"] = http_server.reply(200, GOOD)
+    url = http_server.url("/good.jpg").replace("127.0.0.1", "internal.example")
+    result = Downloader(fast_config(allow_private_addresses=False), resolve=resolver({"internal.example": address})).fetch(url)
+    assert result.reason == "private_address" and address in result.detail
+    assert http_server.hits["/good.jpg"] == 0  # refused before any connection
+
+
+def test_a_redirect_from_a_public_host_to_a_private_one_is_refused(http_server):
+    """The first host "resolves" to a public address (the request itself still reaches the local test server);
+    its redirect names another host that resolves to loopback, and that hop is refused before connecting."""
+    http_server.routes["/good.jpg"] = http_server.reply(200, GOOD)
+    http_server.routes["/hop"] = http_server.redirect(http_server.url("/good.jpg").replace("127.0.0.1", "localhost"))
+    answers = {"127.0.0.1": "93.184.216.34", "localhost": "127.0.0.1"}
+    result = Downloader(fast_config(allow_private_addresses=False), resolve=resolver(answers)).fetch(
+        http_server.url("/hop"))
+    assert result.reason == "private_address" and "localhost" in result.detail
+    assert http_server.hits["/hop"] == 1 and http_server.hits["/good.jpg"] == 0
+
+
+def test_private_addresses_are_fetched_with_the_flag(http_server):
+    http_server.routes["/good.jpg"] = http_server.reply(200, GOOD)
+    assert Downloader(fast_config(allow_private_addresses=True)).fetch(http_server.url("/good.jpg")).data == GOOD
+
+
+@pytest.mark.parametrize("header", ["noai", "noimageai", "noindex, NoAI", "somebot: noimageai"])
+def test_x_robots_tag_opt_outs_are_skipped_unless_turned_off(http_server, header):
+    http_server.routes["/optout.jpg"] = http_server.reply(200, GOOD, {"X-Robots-Tag": header})
+    result = Downloader(fast_config()).fetch(http_server.url("/optout.jpg"))
+    assert result.reason == "robots_noai" and result.attempts == 1
+    kept = Downloader(fast_config(honor_robots_tag=False)).fetch(http_server.url("/optout.jpg"))
+    assert kept.ok and kept.data == GOOD
+
+
+def test_other_robots_directives_do_not_skip(http_server):
+    http_server.routes["/indexed.jpg"] = http_server.reply(200, GOOD, {"X-Robots-Tag": "noindex, nofollow"})
+    assert Downloader(fast_config()).fetch(http_server.url("/indexed.jpg")).ok

@@ -44,7 +44,7 @@ def row(photo_id: str, url: str, license_: str = "CC-BY") -> dict:
 
 
 FAST = dict(workers=4, timeout=0.3, retries=1, backoff=0.01, max_bytes=2**20, max_side=256, part_size=4,
-            progress=False)
+            progress=False, allow_private_addresses=True)  # the test server is on 127.0.0.1
 
 
 @pytest.fixture
@@ -236,7 +236,8 @@ def test_refiltered_metadata_is_refused_and_overwrite_drops_the_opted_out_photo(
     write_tsv(tmp_path / "y.tsv", rows)
     meta, out = str(tmp_path / "meta"), str(tmp_path / "out")
     run_filter([str(tmp_path / "y.tsv")], meta, "C", progress=False)
-    argv = [meta, out, "--workers", "2", "--timeout", "2", "--retries", "0", "--max-side", "64", "--no-progress"]
+    argv = [meta, out, "--workers", "2", "--timeout", "2", "--retries", "0", "--max-side", "64", "--no-progress",
+            "--allow-private-addresses"]
     assert main(argv) == 0
     assert main(argv) == 0 and server.hits["/large.jpg"] == 1  # same input: resumes, fetches nothing again
     (tmp_path / "optout.txt").write_text("photo:2\n")
