@@ -18,7 +18,25 @@ from tests.diffusion.conftest import REPO, demo_overrides
 
 DEMO = os.path.join(REPO, "yamls", "demo-cpu.yaml")
 PROMPTS = ["a red circle on a blue background", "a yellow square on a black background"]
-XL_OVERRIDES = {"model.unet": "tiny_xl", "model.text_encoder_2": "tiny", "model.tokenizer_2": "tiny"}
+XL_OVERRIDES = {"model.unet": "tiny_xl"}
+
+
+@pytest.fixture(scope="module")
+def second_encoder(demo_dir, tmp_path_factory):
+    """A saved tiny second tokenizer + projection text encoder: `tiny` would train a fresh BPE tokenizer on every
+    load, and its tie-breaking is not deterministic, so a reloaded model could tokenize differently."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from diffusion.models import tiny
+
+    root = tmp_path_factory.mktemp("xl_second_encoder")
+    shutil.copytree(os.path.join(demo_dir, "models", "tokenizer"), root / "tokenizer_2")
+    torch.manual_seed(1)
+    tiny.tiny_text_encoder_with_projection(len(CLIPTokenizer.from_pretrained(str(root / "tokenizer_2")))).save_pretrained(
+        root / "text_encoder_2")
+    return {"model.text_encoder_2": str(root), "model.tokenizer_2": str(root)}
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +137,10 @@ def test_square_crop_records_where_it_cropped(random_crop):
     torch.testing.assert_close(pixels, crop.to_tensor(crop.resize(wide))[:, top:top + 32, left:left + 32])
 
 
-def _train_xl(demo_dir, out_dir, batches):
+def _train_xl(demo_dir, out_dir, batches, second_encoder):
     overrides = {"trainer.max_duration": f"{batches}ba", "trainer.save_interval": f"{batches}ba",
                  "algorithms.ema.half_life": "1ba", "scheduler.t_warmup": "1ba", "trainer.seed": 5, **XL_OVERRIDES,
+                 **second_encoder,
                  # the pixel path: the demo's precomputed latents are the one-encoder model's
                  "dataset.local": f"{demo_dir}/data/shapes", "dataset.precomputed_latents": False,
                  "dataset.caption_key": "caption", "model.empty_caption_latents": None}
@@ -140,10 +159,10 @@ def _train_xl(demo_dir, out_dir, batches):
     return checkpoint, seen
 
 
-def test_xl_trains_from_yaml_and_exports_to_sdxl_pipeline(demo_dir, tmp_path):
+def test_xl_trains_from_yaml_and_exports_to_sdxl_pipeline(demo_dir, second_encoder, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    checkpoint, seen = _train_xl(demo_dir, str(tmp_path / "run"), batches=2)
+    checkpoint, seen = _train_xl(demo_dir, str(tmp_path / "run"), batches=2, second_encoder=second_encoder)
     assert seen and all({CAPTIONS, CAPTIONS_2, ORIGINAL_SIZE, CROP_TOP_LEFT} <= set(keys) for keys in seen)
     model = load_model(checkpoint, ema=True)
     assert isinstance(model, StableDiffusionXL)
