@@ -39,6 +39,13 @@ after any interruption. The settings that decide the stored values are kept in O
 and, with the input's fingerprint, in OUT_DIR/fingerprint.json (data_prep.fingerprint); a re-run with a
 different input or settings is refused rather than mixing two kinds of latents in one dataset
 (--overwrite starts over).
+
+With `--aspect-buckets` (diffusion.datasets.buckets), each image is instead resized to cover the SDXL-style
+bucket closest to its own aspect ratio at each resolution (sides multiples of `--bucket-multiple`) and
+centre-cropped to it, so latents_{res} is (C, h/f, w/f); original_size and crop_top_left_{res} are stored for
+every model, and the samples are written into one sub-dataset per bucket, OUT_DIR/bucket_<h>x<w>[_<h>x<w>...]/
+(sizes in --resolutions order), with OUT_DIR/buckets.json listing them and OUT_DIR/index.json covering all.
+Train on it with dataset.aspect_buckets: true.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ from data_prep.json_records import changed_settings, read_settings, write_json_a
 from data_prep.shards import get_rank_world, iter_mds, read_columns
 from data_prep.stage_loop import (StageError, add_stage_loop_args, default_device, prepare_stage_output,
                                   run_batched_stage, run_stage_cli)
+from diffusion.datasets.buckets import BUCKET_PREFIX, BUCKETS_FILE, bucket_name, write_buckets_file
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +74,17 @@ NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}  # numpy has no bfloat16
 FINGERPRINT_FLAGS = ("vae", "vae_subfolder", "text_encoder", "text_encoder_subfolder", "tokenizer",
                      "tokenizer_subfolder", "resolutions", "caption_key", "dtype", "compute_dtype", "drop_image",
                      "text_encoder_2", "text_encoder_2_subfolder", "tokenizer_2", "tokenizer_2_subfolder",
-                     "extra_caption_keys")
+                     "extra_caption_keys", "aspect_buckets", "bucket_multiple")
 
 
-def pixel_transform(resolution: int):
-    """PIL RGB image -> ((3, res, res) float tensor in [-1, 1], crop top-left): the training dataset's own
-    centre-crop transform (diffusion.datasets.text_image.SquareCrop), so precomputed and on-the-fly agree."""
+def pixel_transform(resolution: int, aspect_buckets: bool = False, bucket_multiple: int = 64):
+    """PIL RGB image -> ((3, h, w) float tensor in [-1, 1], crop top-left): the training dataset's own
+    centre-crop transform (diffusion.datasets.text_image.SquareCrop), so precomputed and on-the-fly agree;
+    or with aspect_buckets the image's bucket (diffusion.datasets.buckets.BucketCrop)."""
+    if aspect_buckets:
+        from diffusion.datasets.buckets import BucketCrop
+
+        return BucketCrop(resolution, bucket_multiple)
     from diffusion.datasets.text_image import SquareCrop
 
     return SquareCrop(resolution, random_crop=False)
@@ -149,15 +162,18 @@ def load_encoder(args: argparse.Namespace, device: torch.device) -> LatentEncode
 
 
 def output_columns(in_columns: dict[str, str], resolutions: list[int], drop_image: bool, sdxl: bool = False,
-                   extra_caption_keys: list[str] = ()) -> dict[str, str]:
+                   extra_caption_keys: list[str] = (), crops: bool = False) -> dict[str, str]:
+    """`crops`: store original_size and crop_top_left_{res} (always for SDXL's micro-conditioning)."""
+    crops = crops or sdxl
     columns = {k: v for k, v in in_columns.items() if not (drop_image and k == schema.IMAGE)}
     for res in resolutions:
         columns[schema.image_latents_key(res)] = schema.LATENT_ENCODING
-        if sdxl:
+        if crops:
             columns[schema.crop_top_left_key(res)] = schema.LATENT_ENCODING
     columns[schema.CAPTION_LATENTS] = schema.LATENT_ENCODING
     if sdxl:
         columns[schema.POOLED_CAPTION_LATENTS] = schema.LATENT_ENCODING
+    if crops:
         columns[schema.ORIGINAL_SIZE] = schema.LATENT_ENCODING
     for key in extra_caption_keys:
         columns[schema.has_caption_key(key)] = "int"
@@ -245,11 +261,13 @@ def run(args: argparse.Namespace) -> dict:
     in_columns = read_columns(args.in_dir)
     check_input(args.in_dir, in_columns, args.caption_key, args.resolutions, args.extra_caption_keys)
     sdxl = bool(args.text_encoder_2)
-    columns = output_columns(in_columns, args.resolutions, args.drop_image, sdxl, args.extra_caption_keys)
+    columns = output_columns(in_columns, args.resolutions, args.drop_image, sdxl, args.extra_caption_keys,
+                             crops=args.aspect_buckets)
     np_dtype = NUMPY_DTYPES[args.dtype]
     record = prepare_stage_output(STAGE, args, {k: getattr(args, k) for k in FINGERPRINT_FLAGS}, rank, world,
                                   extra_patterns=(SETTINGS_FILE, schema.EMPTY_CAPTION_LATENTS_FILE + "*",
-                                                  schema.EMPTY_POOLED_CAPTION_LATENTS_FILE + "*"))
+                                                  schema.EMPTY_POOLED_CAPTION_LATENTS_FILE + "*",
+                                                  BUCKET_PREFIX + "*", BUCKETS_FILE + "*"))
 
     device = torch.device(args.device) if args.device else default_device()
     encoder = load_encoder(args, device)
@@ -271,7 +289,21 @@ def run(args: argparse.Namespace) -> dict:
     if rank == 0:
         save_empty_caption_latents(args.out_dir, encoder, np_dtype)
 
-    transforms_by_res = {res: pixel_transform(res) for res in args.resolutions}
+    transforms_by_res = {res: pixel_transform(res, args.aspect_buckets, args.bucket_multiple)
+                         for res in args.resolutions}
+
+    def encode_images_by_shape(good) -> dict[int, list[np.ndarray]]:
+        """Per resolution, each sample's latents; samples of one pixel shape (one bucket) are encoded together."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, _, pixels) in enumerate(good):
+            groups.setdefault(tuple(tuple(pixels[res][0].shape) for res in args.resolutions), []).append(i)
+        latents = {res: [None] * len(good) for res in args.resolutions}
+        for rows in groups.values():
+            for res in args.resolutions:
+                encoded = encoder.encode_images(torch.stack([good[i][2][res][0] for i in rows])).cpu().numpy()
+                for i, value in zip(rows, encoded):
+                    latents[res][i] = value
+        return latents
 
     def flush(batch, out, pool):
         decoded = list(pool.map(_decode, [(key, sample, transforms_by_res) for key, sample in batch]))
@@ -283,8 +315,7 @@ def run(args: argparse.Namespace) -> dict:
                 good.append((key, sample, pixels))
         if not good:
             return
-        latents = {res: encoder.encode_images(torch.stack([g[2][res][0] for g in good])).cpu().numpy()
-                   for res in args.resolutions}
+        latents = encode_images_by_shape(good)
         text = {k: v.cpu().numpy() for k, v in
                 encoder.encode_captions([str(g[1][args.caption_key].decode()) for g in good]).items()}
         extra = {k: extra_caption_latents(encoder, [str(g[1][k].decode() or "") for g in good], k)
@@ -300,11 +331,14 @@ def run(args: argparse.Namespace) -> dict:
             kept = {k: v for k, v in sample.items() if k in columns}  # still Encoded: copied byte for byte
             kept.update({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in arrays.items()})
             kept.update({schema.has_caption_key(k): present[i] for k, (_, present) in extra.items()})
-            if sdxl:  # where each crop sits, for micro-conditioning
+            if sdxl or args.aspect_buckets:  # where each crop sits, for micro-conditioning
                 kept[schema.ORIGINAL_SIZE] = np.asarray(decoded["size"], dtype=np.int32)
                 kept.update({schema.crop_top_left_key(res): np.asarray(decoded[res][1], dtype=np.int32)
                              for res in args.resolutions})
-            out.write(key, kept)
+            if args.aspect_buckets:
+                out.write(key, kept, subset=bucket_name([tuple(decoded[r][0].shape[1:]) for r in args.resolutions]))
+            else:
+                out.write(key, kept)
 
     def manifest_flags(merged: int) -> dict:
         shapes = _array_shapes(args.out_dir, columns) if merged else {}
@@ -312,16 +346,21 @@ def run(args: argparse.Namespace) -> dict:
         flags.update(
             scaling_factor=encoder.scaling_factor, storage_dtype=np.dtype(np_dtype).name, array_shapes=shapes,
             image_latents="vae.encode(x).latent_dist.mean * scaling_factor (scaled once, here)",
-            pixels="short side resized to res (bicubic, antialias), center crop res x res, [-1, 1]",
+            pixels=("resized to cover the image's aspect bucket (bicubic, antialias), center crop, [-1, 1]"
+                    if args.aspect_buckets else "short side resized to res (bicubic, antialias), center crop res x res, [-1, 1]"),
             caption_latents="text_encoder(tokenizer(caption, padding=max_length, truncation))[0]",
             empty_caption_latents=schema.EMPTY_CAPTION_LATENTS_FILE, device=str(device),
         )
         return flags
 
-    return run_batched_stage(STAGE, args.in_dir, args.out_dir, columns, flush, rank=rank, world=world,
-                             batch_size=args.batch_size, part_size=args.part_size, workers=args.workers,
-                             progress_desc=f"latents rank {rank}", show_progress=not args.no_progress,
-                             manifest_flags=manifest_flags, fingerprint_record=record)
+    stats = run_batched_stage(STAGE, args.in_dir, args.out_dir, columns, flush, rank=rank, world=world,
+                              batch_size=args.batch_size, part_size=args.part_size, workers=args.workers,
+                              progress_desc=f"latents rank {rank}", show_progress=not args.no_progress,
+                              manifest_flags=manifest_flags, fingerprint_record=record,
+                              subset_prefix=BUCKET_PREFIX if args.aspect_buckets else None)
+    if "subsets" in stats:
+        write_buckets_file(args.out_dir, args.resolutions, args.bucket_multiple, stats["subsets"])
+    return stats
 
 
 def _array_shapes(out_dir: str, columns: dict[str, str]) -> dict[str, list[int]]:
@@ -356,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(NUMPY_DTYPES), default="fp16", help="storage dtype of the arrays")
     p.add_argument("--compute-dtype", choices=sorted(TORCH_DTYPES), default="fp32",
                    help="dtype the VAE and text encoder run in (fp16/bf16 are faster on GPU)")
+    p.add_argument("--aspect-buckets", action="store_true",
+                   help="encode each image at its aspect-ratio bucket (SDXL's list scaled to each resolution) and "
+                        "write one sub-dataset per bucket, for dataset.aspect_buckets: true")
+    p.add_argument("--bucket-multiple", type=int, default=64,
+                   help="bucket sides are multiples of this (pixels); the latents must divide through the UNet")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--drop-image", action="store_true", help="do not copy the image column into the output")
     add_stage_loop_args(p)
@@ -369,6 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
     if min(args.resolutions) < 8:
         sys.exit(f"{STAGE}: --resolutions must be >= 8, got {args.resolutions}")
     args.resolutions = sorted(set(args.resolutions))
+    if args.aspect_buckets and not 1 <= args.bucket_multiple <= min(args.resolutions):
+        sys.exit(f"{STAGE}: --bucket-multiple must be between 1 and the smallest resolution, got {args.bucket_multiple}")
     if bool(args.text_encoder_2) != bool(args.tokenizer_2):
         sys.exit(f"{STAGE}: --text-encoder-2 and --tokenizer-2 go together (SDXL's second text encoder)")
     for name in ("vae_subfolder", "text_encoder_subfolder", "tokenizer_subfolder", "text_encoder_2_subfolder",

@@ -161,13 +161,14 @@ def iter_ledger(out_dir: str) -> Iterator[dict]:
         yield from _read_ledger(path)
 
 
-def part_counts(out_dir: str) -> dict:
-    """Totals over every finished part of every rank: {"written": n, "skipped": {reason: n},
-    "written_per_license": {license: n}, "skipped_per_license": {license: n}}."""
+def part_counts(out_dir: str, *more_dirs: str) -> dict:
+    """Totals over every finished part of every rank (of out_dir and any `more_dirs`): {"written": n,
+    "skipped": {reason: n}, "written_per_license": {license: n}, "skipped_per_license": {license: n}}."""
     counts = _empty_counts()
-    for _, _, path in _finished_parts(out_dir):
-        for entry in _read_ledger(path):
-            _add_to_counts(counts, entry)
+    for folder in (out_dir, *more_dirs):
+        for _, _, path in _finished_parts(folder):
+            for entry in _read_ledger(path):
+                _add_to_counts(counts, entry)
     return counts
 
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from data_prep import fingerprint
 from data_prep.shards import (Encoded, ResumableMDSWriter, barrier, count_samples, iter_mds, merge_ranks,
                               part_counts, write_manifest)
+from data_prep.subset_writers import SubsetWriters, merge_subsets, subset_part_counts
 
 Batch = list[tuple[str, dict]]
 
@@ -92,13 +93,19 @@ class BatchOutput:
     jpeg_copied / jpeg_reencoded count the `jpeg` columns written as the input's own bytes (an Encoded
     value) / as a decoded image that streaming re-encodes (a stage should never do that)."""
 
-    def __init__(self, writer: ResumableMDSWriter, columns: dict[str, str]):
+    def __init__(self, writer: ResumableMDSWriter | SubsetWriters, columns: dict[str, str]):
         self._writer = writer
         self._jpeg_columns = [name for name, encoding in columns.items() if encoding == "jpeg"]
         self.stats = {"written_this_run": 0, "skipped_this_run": 0, "jpeg_copied": 0, "jpeg_reencoded": 0}
 
-    def write(self, key: str, sample: dict) -> None:
-        self._writer.write(key, sample)
+    def write(self, key: str, sample: dict, subset: str | None = None) -> None:
+        """`subset`: the sub-dataset folder, when the stage writes one (run_batched_stage's subset_prefix)."""
+        if isinstance(self._writer, SubsetWriters):
+            self._writer.write(key, sample, subset=subset)
+        elif subset is not None:
+            raise ValueError(f"sample {key!r}: this stage writes one dataset, not sub-dataset {subset!r}")
+        else:
+            self._writer.write(key, sample)
         self.stats["written_this_run"] += 1
         for name in self._jpeg_columns:
             self.stats["jpeg_copied" if isinstance(sample[name], Encoded) else "jpeg_reencoded"] += 1
@@ -114,18 +121,23 @@ def run_batched_stage(stage: str, in_dir: str, out_dir: str, columns: dict[str, 
                       flush: Callable[[Batch, BatchOutput, ThreadPoolExecutor], None], *,
                       rank: int, world: int, batch_size: int, part_size: int, workers: int,
                       progress_desc: str, show_progress: bool = True,
-                      manifest_flags: Callable[[int], dict], fingerprint_record: dict | None = None) -> dict:
+                      manifest_flags: Callable[[int], dict], fingerprint_record: dict | None = None,
+                      subset_prefix: str | None = None) -> dict:
     """Run `flush` over this rank's share of `in_dir` in batches of `batch_size` not yet done, writing `columns`
     to `out_dir`; then wait for every rank, and on rank 0 merge the ranks' parts and write the manifest
     (flags from manifest_flags(merged sample count), counts from the ledgers).
 
     flush(batch, out, pool) gets [(key, sample)] with Encoded values, a BatchOutput to write/skip each key
     through, and a pool of `workers` threads for decoding. Returns this run's counts (BatchOutput.stats),
-    plus merged_samples on rank 0."""
+    plus merged_samples on rank 0.
+
+    subset_prefix: write sub-datasets (data_prep.subset_writers; flush passes out.write(..., subset=folder),
+    folders named with this prefix); rank 0 then also returns {"subsets": {folder: samples}}."""
     total = count_samples(in_dir)
     rank_total = (rank + 1) * total // world - rank * total // world
-    with ResumableMDSWriter(out_dir, columns, rank=rank, part_size=part_size) as writer, \
-            ThreadPoolExecutor(workers) as pool:
+    writer = (SubsetWriters(out_dir, columns, rank=rank, part_size=part_size, prefix=subset_prefix) if subset_prefix
+              else ResumableMDSWriter(out_dir, columns, rank=rank, part_size=part_size))
+    with writer, ThreadPoolExecutor(workers) as pool:
         out = BatchOutput(writer, columns)
         done = writer.done_keys()
         batch: Batch = []
@@ -144,7 +156,11 @@ def run_batched_stage(stage: str, in_dir: str, out_dir: str, columns: dict[str, 
 
     barrier()
     if rank == 0:
-        stats["merged_samples"] = merge_ranks(out_dir)
-        write_manifest(out_dir, stage, [in_dir], part_counts(out_dir), manifest_flags(stats["merged_samples"]),
+        if subset_prefix:
+            stats["subsets"] = merge_subsets(out_dir, subset_prefix)
+            stats["merged_samples"], counts = count_samples(out_dir), subset_part_counts(out_dir, subset_prefix)
+        else:
+            stats["merged_samples"], counts = merge_ranks(out_dir), part_counts(out_dir)
+        write_manifest(out_dir, stage, [in_dir], counts, manifest_flags(stats["merged_samples"]),
                        fingerprint=fingerprint_record)
     return stats

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from data_prep import schema
+from diffusion.datasets.buckets import BUCKETS_FILE, bucket_streams, read_buckets_file
 from diffusion.models.sdxl import CAPTIONS_2, CROP_TOP_LEFT, ORIGINAL_SIZE, POOLED_CAPTION_LATENTS
 from diffusion.models.stable_diffusion import CAPTION_LATENTS, CAPTIONS, IMAGE, IMAGE_LATENTS
 
@@ -151,6 +152,7 @@ def build_dataloader(
     precomputed_latents: bool = False,
     random_crop: bool = False,
     caption_selection_probs: dict | None = None,
+    aspect_buckets: bool = False,
     shuffle: bool = True,
     shuffle_seed: int = 9176,
     num_canonical_nodes: int | None = None,
@@ -167,14 +169,20 @@ def build_dataloader(
     a weighted NC subset; or a single `remote`/`local` pair.
     `caption_selection_probs`: weights per caption column, e.g. {blip2_caption: 0.5, title: 0.5}; each sample
     trains on one, drawn reproducibly (seeded by shuffle_seed and the sample index). See CaptionSelection.
+    `aspect_buckets`: `remote`/`local` hold data_prep.precompute_latents --aspect-buckets output; each bucket is
+    streamed as its own stream and every global batch comes from one bucket (diffusion.datasets.buckets).
     """
+    streams, batching = _streams_and_batching(remote, local, streams, resolution, precomputed_latents,
+                                              aspect_buckets, batch_size)
+    if streams and aspect_buckets:
+        remote = local = None
     dataset = TextImageDataset(
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, caption_key=caption_key, resolution=resolution,
         precomputed_latents=precomputed_latents, random_crop=random_crop,
         caption_selection_probs=caption_selection_probs, caption_selection_seed=shuffle_seed,
         streams=[Stream(**s) for s in streams] if streams else None,
         remote=remote, local=local, batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed,
-        num_canonical_nodes=num_canonical_nodes, cache_limit=cache_limit,
+        num_canonical_nodes=num_canonical_nodes, cache_limit=cache_limit, batching_method=batching,
     )
     return DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
@@ -182,3 +190,21 @@ def build_dataloader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         persistent_workers=persistent_workers and num_workers > 0,
     )
+
+
+def _streams_and_batching(remote, local, streams, resolution, precomputed_latents, aspect_buckets, batch_size):
+    """(streams, Streaming batching_method): per-bucket streams batched per stream with aspect_buckets; else
+    the yaml's own. A bucketed dataset read without aspect_buckets is refused: its batches would mix shapes."""
+    if not aspect_buckets:
+        if not streams and read_buckets_file(remote, local) is not None:
+            raise ValueError(f"dataset: {local or remote} holds aspect-bucketed latents ({BUCKETS_FILE}); "
+                             f"set dataset.aspect_buckets: true")
+        return streams, "random"
+    if streams:
+        raise ValueError("dataset.aspect_buckets reads one bucketed dataset (remote/local), not dataset.streams")
+    if not precomputed_latents:
+        raise ValueError("dataset.aspect_buckets needs dataset.precomputed_latents: true (the buckets are made "
+                         "by data_prep.precompute_latents --aspect-buckets)")
+    from composer.utils import dist
+
+    return bucket_streams(remote, local, resolution, batch_size * dist.get_world_size()), "per_stream"
