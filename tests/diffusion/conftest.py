@@ -3,6 +3,7 @@ import os
 
 import pytest
 from composer.core import Callback
+from PIL import Image
 
 from diffusion.config import load_config
 from diffusion.demo.components import build_demo_components, precompute_demo_latents
@@ -12,6 +13,34 @@ from diffusion.train import TrainConfig, build_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "yamls", "demo-cpu.yaml")
+
+
+BUCKET_IMAGE_SIZES = ((48, 32), (32, 48), (32, 32))  # (width, height): wide, tall, square
+BUCKET_IMAGES_EACH = 16
+
+
+@pytest.fixture(scope="session")
+def bucketed_latents(demo_dir, tmp_path_factory):
+    """Latents of 16 wide, 16 tall and 16 square random images, made with the demo's frozen models by
+    data_prep.precompute_latents --aspect-buckets at 32 px (8-px multiples: 24x40, 40x24 and 32x32 buckets)."""
+    import numpy as np
+    from streaming import MDSWriter
+
+    from data_prep import precompute_latents
+
+    root = tmp_path_factory.mktemp("bucketed")
+    rng = np.random.default_rng(0)
+    with MDSWriter(out=str(root / "images"), columns={"image": "png", "caption": "str", "photo_id": "str"}) as w:
+        for i in range(BUCKET_IMAGES_EACH * len(BUCKET_IMAGE_SIZES)):
+            width, height = BUCKET_IMAGE_SIZES[i % len(BUCKET_IMAGE_SIZES)]
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            w.write({"image": Image.fromarray(pixels), "caption": f"a red circle on a blue background {i}",
+                     "photo_id": f"b{i:03d}"})
+    models = os.path.join(demo_dir, "models")
+    precompute_latents.main([str(root / "images"), str(root / "latents"), "--vae", models, "--text-encoder", models,
+                             "--tokenizer", models, "--resolutions", "32", "--caption-key", "caption", "--dtype",
+                             "fp32", "--drop-image", "--aspect-buckets", "--bucket-multiple", "8", "--no-progress"])
+    return str(root / "latents")
 
 
 @pytest.fixture(scope="session")

@@ -105,6 +105,15 @@ def test_cfg_dropout_swaps_hidden_states_and_pooled_together(tiny_xl):
     assert cond["added_cond_kwargs"]["time_ids"][0].tolist() == [64, 48, 8, 0, 32, 32]
 
 
+def test_a_wide_bucket_trains_with_its_own_target_size(tiny_xl):
+    """Aspect buckets: latents of a 24x40-px bucket; the time ids carry that target, and the loss is finite."""
+    batch = {**_precomputed_batch(2), IMAGE_LATENTS: torch.randn(2, 4, 6, 10), CROP_TOP_LEFT: torch.tensor([[0, 4]] * 2)}
+    cond = tiny_xl.batch_conditioning(batch, batch[IMAGE_LATENTS])
+    assert cond["added_cond_kwargs"]["time_ids"][0, 2:].tolist() == [0, 4, 24, 40]
+    torch.manual_seed(0)
+    assert torch.isfinite(tiny_xl.loss(tiny_xl(batch), batch))
+
+
 def test_micro_conditioning_dropout_uses_the_sampling_defaults(tiny_xl):
     tiny_xl.micro_conditioning_drop_prob, tiny_xl.caption_drop_prob = 0.5, 0.0
     try:

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 import pytest
+import torch
+from composer.core import Callback
 from omegaconf import OmegaConf
 from streaming import MDSWriter
 
@@ -31,21 +33,33 @@ def test_all_six_recipes_exist():
 
 
 def write_latent_shards(remote, split, n=8, seq=16, dim=32, xl=False):
-    """Shards as data_prep.precompute_latents writes them (for XL: 2 x 32-d hidden states, pooled, size, crop)."""
+    """Shards as data_prep.precompute_latents writes them. XL: 2 x 32-d hidden states, pooled, size and crop at
+    256 and 512 px, aspect-bucketed (--aspect-buckets: a square and a wide bucket folder, buckets.json)."""
+    from diffusion.datasets.buckets import write_buckets_file
+
     rng = np.random.RandomState(0)
     out = os.path.join(remote, split, "latents-xl" if xl else "latents")
     columns = {"photo_id": "str", "latents_256": "ndarray", "caption_latents": "ndarray"}
+    # bucket folder -> latent (h, w) at 256 and 512 px (tiny shapes: the test's UNet is shrunk too)
+    buckets = {"bucket_256x256_512x512": ((8, 8), (16, 16)), "bucket_192x320_384x640": ((8, 12), (16, 24))}
     if xl:
         dim *= 2
-        columns.update(pooled_caption_latents="ndarray", original_size="ndarray", crop_top_left_256="ndarray")
-    with MDSWriter(out=out, columns=columns) as w:
-        for i in range(n):
-            sample = {"photo_id": str(i), "latents_256": rng.randn(4, 8, 8).astype("float16"),
-                      "caption_latents": rng.randn(seq, dim).astype("float16")}
-            if xl:
-                sample.update(pooled_caption_latents=rng.randn(32).astype("float16"),
-                              original_size=np.array([300, 400], np.int32), crop_top_left_256=np.array([0, 40], np.int32))
-            w.write(sample)
+        columns.update(latents_512="ndarray", pooled_caption_latents="ndarray", original_size="ndarray",
+                       crop_top_left_256="ndarray", crop_top_left_512="ndarray")
+    for b, (folder, (shape_256, shape_512)) in enumerate(buckets.items() if xl else [("", ((8, 8), None))]):
+        with MDSWriter(out=os.path.join(out, folder), columns=columns) as w:
+            for i in range(n):
+                sample = {"photo_id": f"{b}-{i}", "latents_256": rng.randn(4, *shape_256).astype("float16"),
+                          "caption_latents": rng.randn(seq, dim).astype("float16")}
+                if xl:
+                    sample.update(latents_512=rng.randn(4, *shape_512).astype("float16"),
+                                  pooled_caption_latents=rng.randn(32).astype("float16"),
+                                  original_size=np.array([300, 400], np.int32),
+                                  crop_top_left_256=np.array([0, 40], np.int32),
+                                  crop_top_left_512=np.array([0, 80], np.int32))
+                w.write(sample)
+    if xl:
+        write_buckets_file(out, [256, 512], 64, {folder: n for folder in buckets})
     np.save(os.path.join(out, "empty_caption_latents.npy"), rng.randn(seq, dim).astype("float16"))
     if xl:
         np.save(os.path.join(out, "empty_pooled_caption_latents.npy"), rng.randn(32).astype("float16"))
@@ -86,3 +100,41 @@ def test_recipe_builds_and_trains_a_batch(path, tmp_path):
     assert int(trainer.state.timestamp.batch) == 1
     assert os.path.isfile(f"{tmp_path}/ckpt/train_config.yaml")
     trainer.close()
+    if raw.model.unet == "sdxl":
+        _second_phase_at_512(path, cfg, tmp_path)
+
+
+def _second_phase_at_512(path, cfg, tmp_path):
+    """The 512-px phase the XL header documents: the same yaml, 512 px, from the 256-px weights."""
+    header = open(path).read().split("job:")[0]
+    for key in ("dataset.resolution=512", "trainer.load_path=", "trainer.load_weights_only=true"):
+        assert key in header, key
+    assert cfg.dataset.aspect_buckets is True
+    phase_1 = os.path.realpath(f"{tmp_path}/ckpt/latest-rank0.pt")
+    cfg_512 = load_config(path, [
+        f"variables.remote={tmp_path}/remote",
+        f"variables.local={tmp_path}/cache512", "variables.frozen_models=tiny", f"model.unet_overrides={SHRINK['sdxl']}",
+        "trainer.precision=fp32", "trainer.parallelism_config=null", "trainer.device_train_microbatch_size=null",
+        "trainer.train_batch_size=2", "trainer.max_duration=1ba", f"trainer.save_folder={tmp_path}/ckpt512",
+        f"loggers.file.filename={tmp_path}/log512.txt", "dataset.num_workers=0", "dataset.cache_limit=null",
+        "callbacks.sample_images=null", "callbacks.memory_monitor=null", "dataset.resolution=512",
+        f"trainer.load_path={phase_1}", "trainer.load_weights_only=true", "run_name=phase-512",
+    ], TrainConfig)
+    trainer = build_trainer(cfg_512)
+    loaded = {k: v.clone() for k, v in trainer.state.model.unet.state_dict().items()}
+    first = torch.load(phase_1, map_location="cpu", weights_only=False)["state"]["model"]
+    name = next(k for k in loaded if k.endswith("conv_in.weight"))
+    torch.testing.assert_close(loaded[name], first[f"unet.{name}"])  # started from the 256-px weights
+    shapes = []
+    trainer.state.callbacks.append(_RecordShape(shapes))
+    trainer.fit()
+    assert shapes and shapes[0][-2:] in ([16, 16], [16, 24])  # 512-px latents of a bucket
+    trainer.close()
+
+
+class _RecordShape(Callback):
+    def __init__(self, shapes):
+        self.shapes = shapes
+
+    def after_dataloader(self, state, logger):
+        self.shapes.append(list(state.batch["image_latents"].shape))
