@@ -24,6 +24,7 @@ single photo or author (albums, galleries, favorites, groups, tags, search), a v
 (2.87E+09: a spreadsheet rounded it), several values on one plain line, or a word that is none of these.
 
 CLI:  python -m data_prep.optout SHARDS_IN SHARDS_OUT --list FILE [--alias-map FILE] [--skip-unresolvable]
+(aspect-bucketed latents keep their bucket folders and a recounted buckets.json)
 writes SHARDS_OUT: SHARDS_IN minus the opted-out samples, every column copied byte-for-byte, resumable and
 rank-sharded like every stage, with manifest.json listing each removed key and which entry removed it.
 SHARDS_OUT is fingerprinted (data_prep.fingerprint): re-running into it with another list or input is
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -360,6 +362,17 @@ def _decoded(sample: dict, name: str) -> str:
     return "" if value is None else str(value.decode())
 
 
+def _bucket_folders(shards_in: str) -> list[str]:
+    """The bucket folders listed in shards_in/buckets.json (an aspect-bucketed latents folder), else []."""
+    from diffusion.datasets.buckets import BUCKETS_FILE
+
+    path = os.path.join(shards_in, BUCKETS_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return sorted(json.load(f)["buckets"])
+
+
 def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_column: str = "photo_id",
                     part_size: int = 1000, compression: str | None = None, overwrite: bool = False) -> dict:
     """Copy shards_in to shards_out without opted-out samples (this rank's share; rank 0 merges).
@@ -369,6 +382,8 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
 
     from data_prep.shards import (ResumableMDSWriter, barrier, count_samples, get_rank_world, iter_ledger,
                                   iter_mds, merge_ranks, part_counts, read_columns, write_manifest)
+    from data_prep.subset_writers import SubsetWriters, merge_subsets
+    from diffusion.datasets.buckets import BUCKET_PREFIX, BUCKETS_FILE, write_buckets_file
 
     if os.path.realpath(shards_in) == os.path.realpath(shards_out):
         raise ValueError(f"SHARDS_OUT must be a new folder, not SHARDS_IN ({shards_in})")
@@ -379,33 +394,48 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
     total = count_samples(shards_in)
     sidecars = [n for n in os.listdir(shards_in) if os.path.isfile(os.path.join(shards_in, n))
                 and not n.startswith(".") and n not in ("index.json", MANIFEST_FILE, fingerprint.RECORD_FILE)]
+    # Aspect-bucketed latents (precompute_latents --aspect-buckets) keep their bucket folders: each is filtered
+    # into the same folder of shards_out, and buckets.json is rewritten with the counts kept.
+    buckets = _bucket_folders(shards_in)
     record = fingerprint.make("optout", [shards_in], {"key_column": key_column}, optout=optout)
     fingerprint.prepare_output(shards_out, record, overwrite=overwrite, rank=rank, world=world,
-                               extra_patterns=tuple(sidecars))
-    with ResumableMDSWriter(shards_out, columns, rank=rank, part_size=part_size, compression=compression,
-                            key_column=key_column) as writer:
+                               extra_patterns=tuple(sidecars) + ((BUCKET_PREFIX + "*",) if buckets else ()))
+    writer_kwargs = dict(rank=rank, part_size=part_size, compression=compression, key_column=key_column)
+    writer = (SubsetWriters(shards_out, columns, prefix=BUCKET_PREFIX, **writer_kwargs) if buckets
+              else ResumableMDSWriter(shards_out, columns, **writer_kwargs))
+    with writer:
         done = writer.done_keys()
-        share = iter_mds(shards_in, rank, world, key_column=key_column, raw=True)
-        for key, sample in tqdm(share, total=total // world, desc=f"opt-out rank {rank}", unit="img",
-                                disable=None):
-            if key in done:
-                continue
-            why = optout.match(photo_id=key if key_column == "photo_id" else _decoded(sample, "photo_id"),
-                               author_id=_decoded(sample, "author_id"), page_url=_decoded(sample, "page_url"),
-                               download_url=_decoded(sample, "download_url"))
-            if why:
-                writer.skip(key, f"opted_out_{why}", license=_decoded(sample, "license") or None)
-            else:
-                writer.write(key, sample)
+        for subset in buckets or [None]:
+            share = iter_mds(os.path.join(shards_in, subset) if subset else shards_in, rank, world,
+                             key_column=key_column, raw=True)
+            for key, sample in tqdm(share, total=total // world, desc=f"opt-out rank {rank}", unit="img",
+                                    disable=None):
+                if key in done:
+                    continue
+                why = optout.match(photo_id=key if key_column == "photo_id" else _decoded(sample, "photo_id"),
+                                   author_id=_decoded(sample, "author_id"), page_url=_decoded(sample, "page_url"),
+                                   download_url=_decoded(sample, "download_url"))
+                if why:
+                    writer.skip(key, f"opted_out_{why}", license=_decoded(sample, "license") or None)
+                elif subset:
+                    writer.write(key, sample, subset=subset)
+                else:
+                    writer.write(key, sample)
         rank_counts = writer.counts()
     barrier()
     if rank != 0:
         return rank_counts
-    merge_ranks(shards_out)
+    folders = [os.path.join(shards_out, b) for b in buckets]
+    kept_per_bucket = merge_subsets(shards_out, BUCKET_PREFIX) if buckets else merge_ranks(shards_out)
     for name in sidecars:  # sidecar files (e.g. empty_caption_latents.npy) travel with the shards
         shutil.copy2(os.path.join(shards_in, name), os.path.join(shards_out, name))
-    counts = part_counts(shards_out)
-    removed = [{"key": e["key"], "reason": e["reason"]} for e in iter_ledger(shards_out) if e["status"] == "skipped"]
+    if buckets:
+        with open(os.path.join(shards_in, BUCKETS_FILE)) as f:
+            info = json.load(f)
+        write_buckets_file(shards_out, info["resolutions"], info["multiple"], kept_per_bucket)
+    counts = part_counts(shards_out, *folders)
+    removed = [{"key": e["key"], "reason": e["reason"]} for folder in (shards_out, *folders)
+               for e in iter_ledger(folder) if e["status"] == "skipped"]
     write_manifest(shards_out, "optout", [shards_in],
                    {"input_samples": total, "kept": counts["written"], "removed": counts["skipped"],
                     "kept_per_license": counts["written_per_license"],

@@ -28,9 +28,12 @@ class SubsetWriters:
     """One ResumableMDSWriter per sub-dataset folder (opened when first written), and one in out_dir itself
     for keys skipped before their folder is known. write(key, sample, subset=...) / skip(...) / done_keys()."""
 
-    def __init__(self, out_dir: str, columns: dict[str, str], *, rank: int, part_size: int, prefix: str):
-        self.out_dir, self.columns, self.rank, self.part_size, self.prefix = out_dir, columns, rank, part_size, prefix
-        self.root = ResumableMDSWriter(out_dir, columns, rank=rank, part_size=part_size)
+    def __init__(self, out_dir: str, columns: dict[str, str], *, rank: int, part_size: int, prefix: str,
+                 **writer_kwargs):
+        """writer_kwargs: passed to every ResumableMDSWriter (compression, key_column, ...)."""
+        self.out_dir, self.columns, self.prefix = out_dir, columns, prefix
+        self.kwargs = dict(rank=rank, part_size=part_size, **writer_kwargs)
+        self.root = ResumableMDSWriter(out_dir, columns, **self.kwargs)
         self.writers: dict[str, ResumableMDSWriter] = {}
         try:
             for name in subset_folders(out_dir, prefix):  # earlier runs' folders: their keys are done
@@ -43,8 +46,7 @@ class SubsetWriters:
         if not subset.startswith(self.prefix) or os.sep in subset:
             raise ValueError(f"subset folder {subset!r} must start with {self.prefix!r} and have no {os.sep!r}")
         if subset not in self.writers:
-            self.writers[subset] = ResumableMDSWriter(os.path.join(self.out_dir, subset), self.columns,
-                                                      rank=self.rank, part_size=self.part_size)
+            self.writers[subset] = ResumableMDSWriter(os.path.join(self.out_dir, subset), self.columns, **self.kwargs)
         return self.writers[subset]
 
     def done_keys(self) -> set[str]:
@@ -60,6 +62,17 @@ class SubsetWriters:
 
     def skip(self, key, reason: str, license: str | None = None) -> None:
         self.root.skip(key, reason, license=license)
+
+    def counts(self) -> dict:
+        """This rank's counts (ResumableMDSWriter.counts) summed over every folder."""
+        total = {"written": 0, "skipped": {}, "written_per_license": {}, "skipped_per_license": {}}
+        for writer in [self.root, *self.writers.values()]:
+            counts = writer.counts()
+            total["written"] += counts["written"]
+            for name in ("skipped", "written_per_license", "skipped_per_license"):
+                for k, v in counts[name].items():
+                    total[name][k] = total[name].get(k, 0) + v
+        return total
 
     def close(self) -> None:
         for writer in [self.root, *self.writers.values()]:

@@ -87,3 +87,26 @@ def test_killed_bucketed_run_resumes_to_the_same_samples(tmp_path, models_dir, s
         assert sorted(a) == sorted(b)
         for key in a:
             np.testing.assert_array_equal(a[key]["latents_16"], b[key]["latents_16"])
+
+
+def test_optout_on_bucketed_latents_keeps_the_buckets(stage, tmp_path):
+    from data_prep import optout
+
+    root, inputs, _ = stage
+    full = json.loads((root / "out" / BUCKETS_FILE).read_text())
+    (tmp_path / "list.txt").write_text("".join(f"url:https://example.org/photo/{i}\n" for i in (0, 1, 4, 7, 10)))
+    assert optout.main([str(root / "out"), str(tmp_path / "kept"), "--list", str(tmp_path / "list.txt")]) == 0
+    removed = {"p000", "p001", "p007", "p010"}  # p004 is not in the latents: its image was corrupt
+    kept = json.loads((tmp_path / "kept" / BUCKETS_FILE).read_text())
+    assert kept["resolutions"] == full["resolutions"]
+    for name, bucket in full["buckets"].items():
+        before = dict(iter_mds(str(root / "out" / name)))
+        after = dict(iter_mds(str(tmp_path / "kept" / name)))
+        assert sorted(after) == sorted(set(before) - removed)
+        assert kept["buckets"].get(name, {"num_samples": 0})["num_samples"] == len(after)
+        for key in after:
+            np.testing.assert_array_equal(after[key]["latents_32"], before[key]["latents_32"])
+    assert sorted(dict(iter_mds(str(tmp_path / "kept")))) == sorted(k for k in dict(iter_mds(str(root / "out")))
+                                                                   if k not in removed)
+    manifest = json.loads((tmp_path / "kept" / schema.MANIFEST_FILE).read_text())
+    assert sorted(e["key"] for e in manifest["counts"]["removed_keys"]) == sorted(removed)
