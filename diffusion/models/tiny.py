@@ -31,24 +31,44 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
+def learn_merges(words) -> list[str]:
+    """Classic BPE (Sennrich et al. 2016) on the distinct `words`, run until every word is one symbol: each step
+    merges the most frequent adjacent pair, ties broken by the pair's text. Written here rather than with the
+    `tokenizers` trainer because that one breaks ties in hash order, so two builds learnt different merges and a
+    'tiny' model reloaded in another process could tokenize differently."""
+    alphabet = _bytes_to_unicode()
+    symbols = {w: [alphabet[b] for b in w.encode()] for w in sorted(set(words))}
+    for parts in symbols.values():
+        parts[-1] += "</w>"
+    merges = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for parts in symbols.values():
+            for pair in zip(parts, parts[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(" ".join(best))
+        for word, parts in symbols.items():
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            symbols[word] = merged
+
+
 def save_tiny_tokenizer(out_dir: str, words=DEFAULT_WORDS, model_max_length: int = 16) -> str:
-    """Writes a CLIPTokenizer folder: CLIP's byte alphabet plus BPE merges trained on `words`.
-
-    The merges are learnt with the `tokenizers` library so every listed word becomes one token;
-    anything else still tokenizes, into characters.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
+    """Writes a CLIPTokenizer folder: CLIP's byte alphabet plus BPE merges learnt on `words` (learn_merges), so
+    every listed word becomes one token and anything else still tokenizes, into characters. The same words give
+    the same files on every call."""
     os.makedirs(out_dir, exist_ok=True)
     alphabet = list(_bytes_to_unicode().values())
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(
-        vocab_size=10_000, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False
-    )
-    bpe.train_from_iterator([" ".join(words)] * 4, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    merges = learn_merges(words)
     vocab: dict[str, int] = {}
     for token in alphabet + [c + "</w>" for c in alphabet] + [m.replace(" ", "") for m in merges]:
         vocab.setdefault(token, len(vocab))

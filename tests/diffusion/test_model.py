@@ -151,3 +151,16 @@ def test_cross_attention_mismatch_is_a_clear_error():
 def test_unknown_unet_layout():
     with pytest.raises(ValueError, match="model.unet"):
         build_stable_diffusion(unet="huge", vae="tiny", text_encoder="tiny", tokenizer="tiny")
+
+
+def test_tiny_tokenizer_is_the_same_on_every_build_and_keeps_each_word_whole(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from diffusion.models.tiny import DEFAULT_WORDS, save_tiny_tokenizer
+
+    a, b = (save_tiny_tokenizer(str(tmp_path / name)) for name in ("a", "b"))
+    for name in ("merges.txt", "vocab.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    tokenizer = CLIPTokenizer.from_pretrained(a)
+    assert all(len(tokenizer(w).input_ids) == 3 for w in DEFAULT_WORDS)  # <start> word <end>
+    assert len(tokenizer("zebra").input_ids) > 3  # an unknown word still tokenizes, into pieces
