@@ -33,15 +33,11 @@ def test_robustness_benchmark_reports_bit_accuracy(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported_demo(tmp_path_factory):
-    from diffusion.demo.components import build_demo_components, precompute_demo_latents
-    from diffusion.demo.shapes import write_shapes
     from diffusion.export import export_pipeline
-    from tests.diffusion.conftest import train_demo
+    from tests.diffusion.conftest import train_demo, write_demo_tree
 
     root = tmp_path_factory.mktemp("demo")
-    write_shapes(str(root / "data" / "shapes"), n=32, seed=0)
-    build_demo_components(str(root / "models"), str(root / "data" / "shapes"), vae_steps=0)
-    precompute_demo_latents(str(root / "data" / "shapes"), str(root / "models"), str(root / "data" / "latents"))
+    write_demo_tree(root, n=32)
     checkpoint, _ = train_demo(str(root), str(root / "train"), batches=1)
     return export_pipeline(checkpoint, str(root / "pipeline"))
 

@@ -47,8 +47,13 @@ def bucketed_latents(demo_dir, tmp_path_factory):
 def demo_dir(tmp_path_factory):
     """A small demo tree: 256 shapes samples, tiny saved components (VAE untrained: tests need speed) and
     the samples' precomputed latents, which yamls/demo-cpu.yaml trains from."""
-    root = tmp_path_factory.mktemp("demo")
-    write_shapes(str(root / "data" / "shapes"), n=256, seed=0)
+    return write_demo_tree(tmp_path_factory.mktemp("demo"), n=256)
+
+
+def write_demo_tree(root, n: int) -> str:
+    """`make demo`'s tree in small under `root`: n shapes samples, tiny saved components (VAE untrained: tests
+    need speed) and the samples' precomputed latents. Returns root as a str (variables.demo_dir)."""
+    write_shapes(str(root / "data" / "shapes"), n=n, seed=0)
     build_demo_components(str(root / "models"), str(root / "data" / "shapes"), vae_steps=0)
     precompute_demo_latents(str(root / "data" / "shapes"), str(root / "models"), str(root / "data" / "latents"))
     return str(root)

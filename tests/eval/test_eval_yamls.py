@@ -13,11 +13,10 @@ import eval.generate_images as gen
 import run
 from data_prep.coco import write_coco_subset
 from diffusion.config import load_config
-from diffusion.demo.components import build_demo_components, precompute_demo_latents
-from diffusion.demo.shapes import caption, draw, write_shapes
+from diffusion.demo.shapes import caption, draw
 from diffusion.models.stable_diffusion import StableDiffusion
 from diffusion.train import TrainConfig, build_trainer
-from tests.diffusion.conftest import REPO, demo_overrides
+from tests.diffusion.conftest import REPO, demo_overrides, write_demo_tree
 
 FID_YAML = os.path.join(REPO, "yamls", "eval-fid-clip.yaml")
 REPLICATION_YAML = os.path.join(REPO, "yamls", "eval-replication.yaml")
@@ -32,9 +31,7 @@ QUICK = ["guidance_scales=[1.0,4.0]", "num_inference_steps=2", "resolution=32", 
 def checkpoint(tmp_path_factory):
     """The demo model trained 3 batches (with EMA) and saved as a Composer checkpoint."""
     root = tmp_path_factory.mktemp("demo")
-    write_shapes(str(root / "data" / "shapes"), n=32, seed=0)
-    build_demo_components(str(root / "models"), str(root / "data" / "shapes"), vae_steps=0)
-    precompute_demo_latents(str(root / "data" / "shapes"), str(root / "models"), str(root / "data" / "latents"))
+    write_demo_tree(root, n=32)
     out = root / "train"
     overrides = demo_overrides(str(root), str(out), **{
         "trainer.max_duration": "3ba", "trainer.save_interval": "3ba", "algorithms.ema.half_life": "1ba",
