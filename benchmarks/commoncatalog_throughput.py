@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks.fetch_throughput import photo_like
-from benchmarks.report import CpuTimer, cpu_environment, image_stage_figures, write_result
+from benchmarks.report import CpuTimer, cpu_environment, image_stage_figures, markdown_table, write_result
 from data_prep.commoncatalog import CatalogConfig, run_commoncatalog
 from data_prep.commoncatalog_layout import catalog_table
 from data_prep.images import configure_pillow
@@ -80,12 +80,12 @@ def to_markdown(result: dict) -> str:
         f"in {len(PARTS)} parquet parts of the published 35-column schema (row groups of 64). Machine: "
         f"{env['cpus']} CPU cores, {env['processor']}, Python {env['python']}, Pillow {env['pillow']}.",
         "",
-        "| max_side | workers | images/s (wall) | CPU ms / image | images / CPU-core-s | MDS MB | load avg (before, after) |",
-        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in result["runs"]:
-        lines.append(f"| {r['max_side'] or 'none'} | {r['workers']} | {r['images_per_s']} | {r['cpu_ms_per_image']} | "
-                     f"{r['images_per_cpu_core_s']} | {r['mds_mb']} | {r['load_avg_1min']} |")
+    lines += markdown_table(
+        [("max_side", "l"), ("workers", "r"), ("images/s (wall)", "r"), ("CPU ms / image", "r"),
+         ("images / CPU-core-s", "r"), ("MDS MB", "r"), ("load avg (before, after)", "l")],
+        [[r["max_side"] or "none", r["workers"], r["images_per_s"], r["cpu_ms_per_image"], r["images_per_cpu_core_s"],
+          r["mds_mb"], r["load_avg_1min"]] for r in result["runs"]])
     lines += ["", "images / CPU-core-s = images written / (user+sys CPU seconds of the whole process, all threads), "
               "parquet read and MDS write included; it is the figure to scale by cores. Wall images/s depends on "
               "the cores free at the time (see the load averages)."]

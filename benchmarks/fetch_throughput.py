@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from benchmarks.report import CpuTimer, cpu_environment, image_stage_figures, write_result
+from benchmarks.report import CpuTimer, cpu_environment, image_stage_figures, markdown_table, write_result
 from data_prep.fetch import FetchConfig, run_fetch
 from data_prep.images import configure_pillow
 
@@ -85,13 +85,12 @@ def to_markdown(result: dict) -> str:
         f"{result['input_mb']} MB in total. Machine: {env['cpus']} CPU cores, {env['processor']}, "
         f"Python {env['python']}. No network: this is the CPU ceiling of the stage.",
         "",
-        "| max_side | resample | workers | images/s (wall) | CPU ms / image | images / CPU-core-s | MDS MB "
-        "| load avg (before, after) | skipped |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    for r in result["runs"]:
-        lines.append(f"| {r['max_side']} | {r['resample']} | {r['workers']} | {r['images_per_s']} | {r['cpu_ms_per_image']} | "
-                     f"{r['images_per_cpu_core_s']} | {r['mds_mb']} | {r['load_avg_1min']} | {r['skipped'] or '-'} |")
+    lines += markdown_table(
+        [("max_side", "r"), ("resample", "l"), ("workers", "r"), ("images/s (wall)", "r"), ("CPU ms / image", "r"),
+         ("images / CPU-core-s", "r"), ("MDS MB", "r"), ("load avg (before, after)", "l"), ("skipped", "l")],
+        [[r["max_side"], r["resample"], r["workers"], r["images_per_s"], r["cpu_ms_per_image"],
+          r["images_per_cpu_core_s"], r["mds_mb"], r["load_avg_1min"], r["skipped"] or "-"] for r in result["runs"]])
     lines += ["", "images / CPU-core-s = images written / (user+sys CPU seconds of the whole process, all "
               "threads). Wall images/s is bounded by the core count and by whatever else the machine runs "
               "(see the load averages); the CPU figure is the one to scale by cores."]

@@ -22,6 +22,13 @@ def percent(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
 
 
+def markdown_table(columns: list[tuple[str, str]], rows: list[list]) -> list[str]:
+    """Lines of a Markdown table: columns are (header, "l" or "r" alignment), rows their cells in order."""
+    rule = {"l": "---", "r": "---:"}
+    return (["| " + " | ".join(h for h, _ in columns) + " |", "|" + "|".join(rule[a] for _, a in columns) + "|"]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def write_result(out: str, stem: str, result: dict, markdown: str) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, stem + ".json"), "w") as f:
