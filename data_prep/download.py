@@ -9,7 +9,8 @@ top level, never as a redirect target) are read only when ``allow_local`` is set
 Safe on a cloud node: every hop's host is resolved and refused when any address it resolves to is loopback,
 private, link-local (e.g. the 169.254.169.254 metadata endpoint), multicast, reserved or unspecified, unless
 ``allow_private_addresses`` is set, so a crafted URL or redirect cannot reach the node's internal services.
-(The check resolves just before connecting; a DNS answer that changes in between is not caught.)
+The address each connection actually reached is checked again once it is open (PublicPeerAdapter), so a DNS
+answer that changes between the check and the connect (rebinding) is refused too.
 Opt-out signals: a response whose ``X-Robots-Tag`` says ``noai`` or ``noimageai`` (optionally scoped to a user
 agent, ``bot: noai``) is skipped with reason ``robots_noai`` unless ``honor_robots_tag`` is off, as img2dataset does.
 
@@ -125,10 +126,50 @@ def check_public_host(url: str, resolve: Callable = socket.getaddrinfo) -> None:
         raise DownloadError("dns_error", f"{host}: {exc}", retryable=isinstance(exc, socket.gaierror)
                             and exc.errno == socket.EAI_AGAIN) from None
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
+        address = info[4][0].split("%")[0]
+        if not is_public_address(address):
             raise DownloadError("private_address", f"{host} resolves to {address}; pass --allow-private-addresses "
                                 "to fetch from it")
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return ip.is_global and not ip.is_multicast
+
+
+class _PublicPeerMixin:
+    """Refuses a connection whose peer is not public, right after the socket connects and before any byte is
+    sent: the address checked is the one the kernel connected to, not a second DNS answer."""
+
+    peer_allowed: Callable[[str], bool] = staticmethod(is_public_address)
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        peer = sock.getpeername()[0]
+        if not self.peer_allowed(peer):
+            sock.close()
+            raise DownloadError("private_address", f"{self.host} connected to {peer}; pass "
+                                "--allow-private-addresses to fetch from it")
+        return sock
+
+
+class PublicPeerAdapter(requests.adapters.HTTPAdapter):
+    """A requests adapter whose connections (HTTP and HTTPS, not through a proxy) refuse non-public peers."""
+
+    def __init__(self, peer_allowed: Callable[[str], bool] = is_public_address, **kwargs):
+        self._peer_allowed = peer_allowed
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        allowed = staticmethod(self._peer_allowed)
+        http = type("PublicHTTPConnection", (_PublicPeerMixin, urllib3.connection.HTTPConnection), {"peer_allowed": allowed})
+        https = type("PublicHTTPSConnection", (_PublicPeerMixin, urllib3.connection.HTTPSConnection),
+                     {"peer_allowed": allowed})
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("PublicHTTPPool", (urllib3.HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("PublicHTTPSPool", (urllib3.HTTPSConnectionPool,), {"ConnectionCls": https}),
+        }
 
 
 def classify_request_exception(exc: BaseException) -> DownloadError:
@@ -161,10 +202,11 @@ class Downloader:
     """Thread-safe fetcher; each thread gets its own ``requests.Session`` (sessions are not thread-safe)."""
 
     def __init__(self, config: DownloadConfig | None = None, sleep: Callable[[float], None] = time.sleep,
-                 resolve: Callable = socket.getaddrinfo):
+                 resolve: Callable = socket.getaddrinfo, peer_allowed: Callable[[str], bool] = is_public_address):
         self.config = config or DownloadConfig()
         self._sleep = sleep
         self._resolve = resolve  # socket.getaddrinfo's signature; tests substitute a fixed answer
+        self._peer_allowed = peer_allowed  # the connect-time check; tests substitute one
         self._local = threading.local()
 
     @property
@@ -173,6 +215,9 @@ class Downloader:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.config.user_agent
+            if not self.config.allow_private_addresses:
+                for prefix in ("http://", "https://"):
+                    session.mount(prefix, PublicPeerAdapter(self._peer_allowed))
             self._local.session = session
         return session
 

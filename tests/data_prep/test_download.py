@@ -202,10 +202,21 @@ def test_a_redirect_from_a_public_host_to_a_private_one_is_refused(http_server):
     http_server.routes["/good.jpg"] = http_server.reply(200, GOOD)
     http_server.routes["/hop"] = http_server.redirect(http_server.url("/good.jpg").replace("127.0.0.1", "localhost"))
     answers = {"127.0.0.1": "93.184.216.34", "localhost": "127.0.0.1"}
-    result = Downloader(fast_config(allow_private_addresses=False), resolve=resolver(answers)).fetch(
-        http_server.url("/hop"))
+    result = Downloader(fast_config(allow_private_addresses=False), resolve=resolver(answers),
+                        peer_allowed=lambda address: True).fetch(http_server.url("/hop"))  # the DNS check alone
     assert result.reason == "private_address" and "localhost" in result.detail
     assert http_server.hits["/hop"] == 1 and http_server.hits["/good.jpg"] == 0
+
+
+def test_a_host_that_resolves_public_but_connects_private_is_refused(http_server):
+    """DNS rebinding: the check's answer is public, the connection lands on loopback; the open socket's peer is
+    checked before any request byte is sent."""
+    http_server.routes["/good.jpg"] = http_server.reply(200, GOOD)
+    url = http_server.url("/good.jpg").replace("127.0.0.1", "localhost")
+    result = Downloader(fast_config(allow_private_addresses=False),
+                        resolve=resolver({"localhost": "93.184.216.34"})).fetch(url)
+    assert result.reason == "private_address" and "connected to 127.0.0.1" in result.detail
+    assert http_server.hits["/good.jpg"] == 0
 
 
 def test_private_addresses_are_fetched_with_the_flag(http_server):
