@@ -35,10 +35,10 @@ holds the empty caption's latents, in the same dtype, for classifier-free-guidan
 (model.empty_caption_latents in a training yaml), so dropped captions match stored ones exactly.
 
 Rank-sharded (RANK/WORLD_SIZE, one GPU per rank via LOCAL_RANK) and resumable: re-run the same command
-after any interruption. The settings that decide the stored values are kept in OUT_DIR/latents_settings.json
-and, with the input's fingerprint, in OUT_DIR/fingerprint.json (data_prep.fingerprint); a re-run with a
-different input or settings is refused rather than mixing two kinds of latents in one dataset
-(--overwrite starts over).
+after any interruption. The flags that decide the stored values and the input's fingerprint are kept in
+OUT_DIR/fingerprint.json (data_prep.fingerprint), and what the loaded models say of themselves (scaling factor,
+tokenizer length) in OUT_DIR/latents_settings.json; a re-run with a different input, flags or models is
+refused rather than mixing two kinds of latents in one dataset (--overwrite starts over).
 
 With `--aspect-buckets` (diffusion.datasets.buckets), each image is instead resized to cover the SDXL-style
 bucket closest to its own aspect ratio at each resolution (sides multiples of `--bucket-multiple`) and
@@ -199,14 +199,15 @@ def check_input(in_dir: str, in_columns: dict[str, str], caption_key: str, resol
 
 
 def check_settings(out_dir: str, settings: dict, rank: int) -> None:
-    """Refuse to resume into an out_dir written with other settings; record them on the first run."""
+    """Refuse to resume into an out_dir whose latents came from models with other facts (scaling factor,
+    tokenizer length); record them on the first run. Flags and input are checked by the fingerprint."""
     path = os.path.join(out_dir, SETTINGS_FILE)
     recorded = read_settings(path)
     if recorded is not None:
-        changed = changed_settings(recorded, settings)
+        changed = changed_settings({k: recorded.get(k) for k in settings}, settings)  # older records hold more keys
         if changed:
-            raise StageError(f"{path} records other settings ({', '.join(changed)} differ): use a new OUT_DIR, "
-                             f"or re-run with the recorded ones")
+            raise StageError(f"{path} records models with other {', '.join(changed)}: the model folders changed "
+                             f"since this output was started; use a new OUT_DIR (or --overwrite)")
     elif rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         write_json_atomic(path, settings)
@@ -273,18 +274,9 @@ def run(args: argparse.Namespace) -> dict:
     encoder = load_encoder(args, device)
     if "tiny" in (args.vae, args.text_encoder, args.tokenizer):
         log.warning("'tiny' builds NEW random weights on every call: for smoke tests only, never resume with it")
-    settings = {
-        "vae": args.vae, "vae_subfolder": args.vae_subfolder,
-        "text_encoder": args.text_encoder, "text_encoder_subfolder": args.text_encoder_subfolder,
-        "tokenizer": args.tokenizer, "tokenizer_subfolder": args.tokenizer_subfolder,
-        "resolutions": list(args.resolutions), "dtype": args.dtype, "caption_key": args.caption_key,
-        "drop_image": args.drop_image, "scaling_factor": encoder.scaling_factor,
-        "tokenizer_max_length": int(encoder.tokenizer.model_max_length),
-        "extra_caption_keys": list(args.extra_caption_keys),
-    }
-    if sdxl:
-        settings.update(text_encoder_2=args.text_encoder_2, text_encoder_2_subfolder=args.text_encoder_2_subfolder,
-                        tokenizer_2=args.tokenizer_2, tokenizer_2_subfolder=args.tokenizer_2_subfolder)
+    # What the fingerprint cannot see: it names the models, and a folder's content can change under its name.
+    settings = {"scaling_factor": encoder.scaling_factor,
+                "tokenizer_max_length": int(encoder.tokenizer.model_max_length)}
     check_settings(args.out_dir, settings, rank)
     if rank == 0:
         save_empty_caption_latents(args.out_dir, encoder, np_dtype)

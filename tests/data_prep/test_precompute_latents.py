@@ -186,3 +186,19 @@ def test_two_ranks_split_the_work_and_rank0_merges(tmp_path, stage, models_dir, 
     assert {p.name[:5] for p in (tmp_path / "out").iterdir() if p.name.startswith("r")} == {"r0000", "r0001"}
     keys = [k for k, _ in iter_mds(str(tmp_path / "out"))]
     assert len(keys) == len(set(keys)) == N - len(CORRUPT)
+
+
+def test_resume_with_models_changed_under_the_same_path_is_refused(tmp_path, stage, models_dir):
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    root, _, _ = stage
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    main(_argv(root / "in", tmp_path / "out", models) + ["--resolutions", "16", "--part-size", "100"])
+    vae = AutoencoderKL.from_pretrained(models / "vae")
+    vae.register_to_config(scaling_factor=0.5)  # another VAE, saved where the first one was
+    vae.save_pretrained(models / "vae")
+    with pytest.raises(SystemExit, match="records models with other scaling_factor"):
+        main(_argv(root / "in", tmp_path / "out", models) + ["--resolutions", "16", "--part-size", "100"])
