@@ -6,10 +6,14 @@ Streaming's S3 downloader and by Composer's S3ObjectStore), with the usual AWS_*
 """
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
+from composer.callbacks import CheckpointSaver
+from composer.utils import remote_uploader
 from transformers import CLIPTokenizer
 
 from diffusion.config import load_config
@@ -62,8 +66,31 @@ def unet_state(model):
     return {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
 
 
+class _ThreadPool(ThreadPoolExecutor):
+    def __init__(self, max_workers=None, mp_context=None):
+        super().__init__(max_workers)
+
+
+class _ThreadContext:
+    """multiprocessing's context API, as RemoteUploader uses it (get_context('spawn').Manager().Event())."""
+
+    def get_context(self, method=None):
+        return self
+
+    def Manager(self):  # noqa: N802 - multiprocessing's name
+        return self
+
+    def Event(self):  # noqa: N802
+        return threading.Event()
+
+
 def test_train_streams_from_s3_checkpoints_to_s3_and_autoresumes_from_there(demo_dir, tmp_path, s3, monkeypatch):
     monkeypatch.chdir(tmp_path)  # files the callbacks write for a remote save folder land in ./<run_name>
+    # Composer's checkpoint uploader runs the same S3 upload functions in spawned processes; each one starts
+    # with a fresh `import composer` (~8 s of CPU). Threads run those functions here (as use_procs=False does
+    # for the logger below).
+    monkeypatch.setattr(remote_uploader, "ProcessPoolExecutor", _ThreadPool)
+    monkeypatch.setattr(remote_uploader, "multiprocessing", _ThreadContext())
     upload_tree(s3, os.path.join(demo_dir, "data", "latents"), "shapes")  # the demo trains on precomputed latents
     # the CFG empty-caption latents live beside the shards in the recipes: read through Composer's get_file
     tokenizer = CLIPTokenizer.from_pretrained(os.path.join(demo_dir, "models", "tokenizer"))
@@ -76,7 +103,7 @@ def test_train_streams_from_s3_checkpoints_to_s3_and_autoresumes_from_there(demo
     save_folder = f"s3://{BUCKET}/runs/s3-test"
 
     def trainer(batches, cache):
-        return build_trainer(load_config(DEMO, demo_overrides(demo_dir, tmp_path, **{
+        built = build_trainer(load_config(DEMO, demo_overrides(demo_dir, tmp_path, **{
             "dataset.remote": f"s3://{BUCKET}/shapes", "dataset.local": str(tmp_path / cache),
             "model.empty_caption_latents": f"s3://{BUCKET}/shapes/empty_caption_latents.npy",
             "trainer.save_folder": save_folder, "trainer.save_interval": "2ba", "trainer.autoresume": True,
@@ -86,6 +113,12 @@ def test_train_streams_from_s3_checkpoints_to_s3_and_autoresumes_from_there(demo
             "loggers.remote_uploader_downloader.bucket_uri": f"s3://{BUCKET}",
             "loggers.remote_uploader_downloader.use_procs": False,
         }), TrainConfig))
+        # Composer polls for the uploaded checkpoint every 30 s before it uploads the `latest` symlink; its
+        # checkpoint saver keeps the interval in an attribute for tests to shorten. The upload path is the same.
+        for callback in built.state.callbacks:
+            if isinstance(callback, CheckpointSaver):
+                callback._symlink_upload_wait_before_next_try_in_seconds = 0.5
+        return built
 
     first = trainer(2, "cache-a")
     assert torch.equal(first.state.model.empty_caption_latents, torch.from_numpy(empty))
