@@ -7,7 +7,7 @@ import torch
 
 from diffusion.datasets.text_image import build_dataloader
 from tests.diffusion.conftest import BUCKET_IMAGE_SIZES, BUCKET_IMAGES_EACH
-from tests.diffusion.test_train import trainer_for, unet_state
+from tests.diffusion.test_train import assert_resume_matches_uninterrupted_run
 
 N = BUCKET_IMAGES_EACH * len(BUCKET_IMAGE_SIZES)
 
@@ -40,20 +40,6 @@ def test_a_bucketed_dataset_is_refused_without_aspect_buckets(bucketed_latents):
 
 
 def test_bucketed_run_interrupted_mid_epoch_resumes_to_the_same_weights(demo_dir, bucketed_latents, tmp_path):
-    common = _bucketed(bucketed_latents, **{"trainer.seed": 11, "trainer.save_interval": "2ba",
-                                            "run_name": "bucket-resume", "trainer.autoresume": True})
-    straight = trainer_for(demo_dir, tmp_path / "a", **{**common, "trainer.max_duration": "4ba"})
-    straight.fit()
-    expected = unet_state(straight)
-    straight.close()
-
-    first = trainer_for(demo_dir, tmp_path / "b", **{**common, "trainer.max_duration": "2ba"})
-    first.fit()
-    first.close()
-    resumed = trainer_for(demo_dir, tmp_path / "b", **{**common, "trainer.max_duration": "4ba"})
-    assert int(resumed.state.timestamp.batch) == 2  # mid-epoch: an epoch here is 6 batches
-    resumed.fit()
-    got = unet_state(resumed)
-    resumed.close()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    # an epoch here is 6 batches: the resume lands mid-epoch, between buckets
+    assert_resume_matches_uninterrupted_run(demo_dir, tmp_path, _bucketed(
+        bucketed_latents, **{"trainer.seed": 11, "run_name": "bucket-resume"}), stop=2, total=4)

@@ -40,23 +40,29 @@ def test_short_fit_loss_finite_and_decreasing(demo_dir, tmp_path):
     assert glob.glob(str(tmp_path / "checkpoints" / "ep*-ba40-rank0.pt"))
 
 
-def test_autoresume_matches_uninterrupted_run(demo_dir, tmp_path):
-    common = {"trainer.seed": 11, "trainer.save_interval": "3ba", "run_name": "resume-test", "trainer.autoresume": True}
-    straight = trainer_for(demo_dir, tmp_path / "a", **{**common, "trainer.max_duration": "6ba"})
+def assert_resume_matches_uninterrupted_run(demo_dir, tmp_path, common: dict, stop: int, total: int):
+    """Train `total` batches straight, and `stop` then autoresume to `total` in another folder: same weights."""
+    common = {**common, "trainer.save_interval": f"{stop}ba", "trainer.autoresume": True}
+    straight = trainer_for(demo_dir, tmp_path / "a", **{**common, "trainer.max_duration": f"{total}ba"})
     straight.fit()
     expected = unet_state(straight)
     straight.close()
 
-    first = trainer_for(demo_dir, tmp_path / "b", **{**common, "trainer.max_duration": "3ba"})
+    first = trainer_for(demo_dir, tmp_path / "b", **{**common, "trainer.max_duration": f"{stop}ba"})
     first.fit()
     first.close()
-    resumed = trainer_for(demo_dir, tmp_path / "b", **{**common, "trainer.max_duration": "6ba"})
-    assert int(resumed.state.timestamp.batch) == 3  # picked up the checkpoint
+    resumed = trainer_for(demo_dir, tmp_path / "b", **{**common, "trainer.max_duration": f"{total}ba"})
+    assert int(resumed.state.timestamp.batch) == stop  # picked up the checkpoint
     resumed.fit()
     got = unet_state(resumed)
     resumed.close()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_autoresume_matches_uninterrupted_run(demo_dir, tmp_path):
+    assert_resume_matches_uninterrupted_run(demo_dir, tmp_path, {"trainer.seed": 11, "run_name": "resume-test"},
+                                            stop=3, total=6)
 
 
 def test_ema_weights_differ_and_are_used_for_sampling(demo_dir, tmp_path):
