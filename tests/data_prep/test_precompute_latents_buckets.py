@@ -110,3 +110,13 @@ def test_optout_on_bucketed_latents_keeps_the_buckets(stage, tmp_path):
                                                                    if k not in removed)
     manifest = json.loads((tmp_path / "kept" / schema.MANIFEST_FILE).read_text())
     assert sorted(e["key"] for e in manifest["counts"]["removed_keys"]) == sorted(removed)
+
+
+def test_attribution_lists_every_image_of_every_bucket(stage, tmp_path):
+    from data_prep.attribution import write_attribution
+
+    root, inputs, _ = stage
+    counts = write_attribution([str(root / "out")], str(tmp_path / "attribution"), progress=False)
+    assert counts["images"] == N - len(CORRUPT)
+    rows = (tmp_path / "attribution" / "ATTRIBUTION.tsv").read_text().splitlines()[1:]
+    assert sorted(r.split("\t")[0] for r in rows) == sorted(k for i, k in enumerate(inputs) if i not in CORRUPT)
