@@ -144,3 +144,16 @@ def test_train_streams_from_s3_checkpoints_to_s3_and_autoresumes_from_there(demo
     got = unet_state(loaded)
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_bucketed_latents_stream_from_s3_one_bucket_per_batch(bucketed_latents, tmp_path, s3):
+    """The XL recipes' case: aspect-bucketed latents on object storage, buckets.json read from the bucket."""
+    from diffusion.datasets.text_image import build_dataloader
+
+    upload_tree(s3, bucketed_latents, "bucketed")
+    loader = build_dataloader(batch_size=8, remote=f"s3://{BUCKET}/bucketed", local=str(tmp_path / "cache"),
+                              resolution=32, precomputed_latents=True, aspect_buckets=True, num_workers=0)
+    shapes = [tuple(batch["image_latents"].shape) for batch in loader]
+    assert len(shapes) == 6 and len(set(shapes)) == 3  # 48 samples in 3 buckets, global batch 8
+    assert sorted(os.listdir(tmp_path / "cache")) == sorted(
+        n for n in os.listdir(bucketed_latents) if n.startswith("bucket_"))  # one cache folder per bucket stream
