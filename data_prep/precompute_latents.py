@@ -45,7 +45,8 @@ bucket closest to its own aspect ratio at each resolution (sides multiples of `-
 centre-cropped to it, so latents_{res} is (C, h/f, w/f); original_size and crop_top_left_{res} are stored for
 every model, and the samples are written into one sub-dataset per bucket, OUT_DIR/bucket_<h>x<w>[_<h>x<w>...]/
 (sizes in --resolutions order), with OUT_DIR/buckets.json listing them and OUT_DIR/index.json covering all.
-Train on it with dataset.aspect_buckets: true.
+Train on it with dataset.aspect_buckets: true. Within a batch the VAE runs once per bucket present, so its
+calls are smaller than --batch-size (a larger --batch-size gives each bucket more images per call).
 """
 from __future__ import annotations
 
