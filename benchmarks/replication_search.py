@@ -101,9 +101,13 @@ def _merge_rows(path: str, result: dict) -> None:
 
 def markdown(result: dict) -> str:
     """The measured rows and the extrapolations as Markdown tables (regenerated from the JSON on every merge)."""
-    lines = ["# Replication search (CPU, FAISS)", "", f"`{result.get('command', '')}`; faiss {result.get('faiss')}, "
-             f"{result.get('cpu_count')} cores shared with other jobs: wall-clock q/s are lower bounds; q/CPU-s is "
-             "the rate per core.", "",
+    commands = list(dict.fromkeys(r["command"] for r in result["rows"] if r.get("command"))) or [result.get("command", "")]
+    loads = [r["load_average"][0] for r in result["rows"] if r.get("load_average")]
+    lines = ["# Replication search (CPU, FAISS)", "", "Reproduce (each command adds its rows to the JSON):", "",
+             *[f"    nice -n 10 {c}" for c in commands], "",
+             f"faiss {result.get('faiss')}, {result.get('cpu_count')} cores shared with other jobs (1-min load average "
+             f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} during the runs, per row in the JSON): wall-clock "
+             "q/s are lower bounds; q/CPU-s (queries per CPU second of this process, all threads) is the rate per core.", "",
              "| index | n | q/s (wall) | q/CPU-s | recall@1 matched | recall@1 plain | recall@1 (exact top-1 >= 0.5) "
              "| build s (wall) | build CPU s | index MiB | peak anon RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -199,6 +203,7 @@ def run_one(store, n: int, factory: str, queries, args, rss: PeakRss) -> list[di
             "peak_anon_rss_bytes_build": build_rss, "peak_anon_rss_bytes": rss.peak, "nprobe": nprobe,
             "candidates_reranked": candidates, "k": args.k, "n_queries_timed": len(all_q), "n_queries_recall": 2 * g,
             "plain_exact_top1_median": float(np.median(gt_top1["plain"])), "load_average": os.getloadavg(),
+            "command": args.command,
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -219,7 +224,7 @@ def exact_row(store, n: int, queries, args, rss) -> dict:
             "queries_per_cpu_s": len(q) / max(cpu_s, 1e-3),
             "recall_at_1_matched": 1.0, "recall_at_1_plain": 1.0, "build_s": 0.0, "index_bytes": 0,
             "peak_anon_rss_bytes": rss.peak, "n_queries_timed": len(q), "note": "chunked float32 matmul over the float16 store",
-            "load_average": os.getloadavg()}
+            "load_average": os.getloadavg(), "command": args.command}
 
 
 def main(argv=None) -> int:
@@ -258,12 +263,13 @@ def main(argv=None) -> int:
         return 2
     import faiss
 
+    args.command = "python -m benchmarks.replication_search " + " ".join(argv if argv is not None else sys.argv[1:])
     rss = PeakRss()
     args.exact_cache = {}
     header = {"benchmark": "replication_search_cpu", "faiss": faiss.__version__, "cpu": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "dim": args.dim,
               "data": "synthetic clustered unit descriptors + planted near-duplicates (see benchmarks/replication_search.py)",
-              "command": "python -m benchmarks.replication_search " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": args.command,
               "targets": TARGETS, "shared_machine_note": "2 cores shared with other jobs: queries/s are lower bounds"}
     out_path = os.path.join(args.out, RESULT_FILE)
     try:

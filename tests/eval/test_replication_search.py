@@ -79,5 +79,8 @@ def test_search_benchmark_writes_one_row_per_index_and_size(tmp_path):
     assert rows["IVF8,PQ8x4fs"]["recall_at_1_matched"] >= 0.5 and 0 < rows["IVF8,PQ8x4fs"]["index_bytes"]
     assert {e["n_database"] for e in result["extrapolated"]} == {22_000_000, 57_000_000}
     assert all(e["extrapolated"] for e in result["extrapolated"])
+    assert all(r["command"] == "python -m benchmarks.replication_search " + " ".join(argv) and len(r["load_average"]) == 3
+               for r in rows.values())
+    assert "nice -n 10 python -m benchmarks.replication_search --runs 3000:IVF8,PQ8x4fs" in (out / "replication_search_cpu.md").read_text()
     assert not (tmp_path / "scratch").exists()  # synthetic stores are deleted
     assert bench.main(["--runs", "3000"]) == 2
