@@ -82,5 +82,7 @@ def test_search_benchmark_writes_one_row_per_index_and_size(tmp_path):
     assert all(r["command"] == "python -m benchmarks.replication_search " + " ".join(argv) and len(r["load_average"]) == 3
                for r in rows.values())
     assert "nice -n 10 python -m benchmarks.replication_search --runs 3000:IVF8,PQ8x4fs" in (out / "replication_search_cpu.md").read_text()
+    assert bench.best_rows(result["rows"])[3000]["index"] in ("IVF8,PQ8x4fs", "IDMap,Flat")  # never the exact row
+    assert bench.best_rows([{**rows["IDMap,Flat"], "recall_at_1_matched": 0.99}]) == {}
     assert not (tmp_path / "scratch").exists()  # synthetic stores are deleted
     assert bench.main(["--runs", "3000"]) == 2
