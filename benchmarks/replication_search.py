@@ -90,6 +90,8 @@ def _merge_rows(path: str, result: dict) -> None:
         keys = {(r["index"], r["n_database"]) for r in result["rows"]}
         rows = [r for r in old.get("rows", []) if (r["index"], r["n_database"]) not in keys] + result["rows"]
         rows.sort(key=lambda r: (r["n_database"], r["index"]))
+        for r in rows:
+            r["index_family"] = index_family(r["index"], r["n_database"], old.get("dim", result.get("dim", 512)))
         merged = {**old, **{k: v for k, v in result.items() if k != "rows"}, "rows": rows}
         merged["extrapolated"] = extrapolate(rows)
         with open(path + ".tmp", "w") as f:
@@ -129,6 +131,17 @@ def markdown(result: dict) -> str:
                      f"{e['queries_per_s_16_cores']:,.0f} | {e['sweep_240k_s_16_cores']:,.0f} | "
                      f"{e['index_bytes'] / 2**30:.2f} | {e['build_cpu_s'] / 3600:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def index_family(label: str, n: int, dim: int) -> str:
+    """Rows of one family scale together in extrapolate(): the default factory (whose list count, and from 4096
+    lists its HNSW coarse quantizer, follow n) is one family; any other factory only across list counts."""
+    if label == "exact":
+        return "exact"
+    factory = label.split(" ")[0]
+    if factory == default_factory(n, dim):
+        return "default_factory: " + re.sub(r"IVF\d+(_HNSW\d+)?", "IVF{nlist}", label)
+    return re.sub(r"IVF\d+", "IVF{nlist}", label)
 
 
 def best_rows(rows: list[dict]) -> dict[int, dict]:
@@ -210,7 +223,7 @@ def run_one(store, n: int, factory: str, queries, args, rss: PeakRss) -> list[di
         ok_all = np.concatenate([recall["matched"], recall["plain"]])
         label = factory if len(args.sweep) == 1 else f"{factory} nprobe={nprobe} rerank={candidates}"
         rows.append({
-            "index": label, "index_family": re.sub(r"IVF\d+(_HNSW\d+)?", "IVF{nlist}", label),
+            "index": label, "index_family": index_family(label, n, args.dim),
             "n_database": n, "queries_per_s": len(all_q) / search_s,
             # CPU seconds of this process (all threads): what a core delivers when it is not shared
             "queries_per_cpu_s": len(all_q) / max(search_cpu_s, 1e-3), "build_cpu_s": build_cpu_s,
@@ -264,7 +277,12 @@ def main(argv=None) -> int:
     parser.add_argument("--scratch", default="/tmp/replication_search_bench", help="where the synthetic stores go (deleted at the end)")
     parser.add_argument("--keep-scratch", action="store_true")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing: recompute families, extrapolations and the .md from the JSON in --out")
     args = parser.parse_args(argv)
+    if args.render_only:
+        _merge_rows(os.path.join(args.out, RESULT_FILE), {"rows": []})
+        return 0
     try:
         runs = [(int(r.split(":", 1)[0]), r.split(":", 1)[1]) for r in args.runs]
     except (ValueError, IndexError):
