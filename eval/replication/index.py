@@ -71,7 +71,12 @@ def default_factory(n: int, dim: int) -> str:
     (IVF2048,PQ64x4fs) searched ~11k queries/s wall, ~12k per CPU second (~16k per CPU second with 8 candidates),
     8-bit IVF2048,PQ64 ~1.9k per CPU second with the same recall@1 (1.0 on every query whose exact top-1 is
     >= 0.5, planted copies all at rank 1), 1.7x the bytes and 2.3x the build CPU time; its finer codes only
-    raise recall on plain queries (top-1 ~0.34, below any audit threshold). HNSW variants: see the .md."""
+    raise recall on plain queries (top-1 ~0.34, below any audit threshold). An HNSW coarse quantizer over 2048
+    lists (IVF2048_HNSW32) was 2.4-2.8x slower than the flat one (its graph walk costs more than one BLAS product
+    with 2048 centroids), so it is used only from 4096 lists, where a flat assignment of every added vector gets
+    expensive. HNSW over PQ (IDMap,HNSW32_PQ64, efSearch 64) found only 68% of planted copies' exact top-1, at
+    1.8k queries per CPU second, 7.6x the bytes and 7x the build CPU time. At 10M this default
+    (IVF8192_HNSW32,PQ64x4fs) kept recall@1 1.0 at ~2.5k queries per CPU second; 22M/57M are extrapolated there."""
     nlist = 2 ** max(2, min(16, round(math.log2(max(4.0, 2 * math.sqrt(n))))))
     quantizer = "_HNSW32" if nlist >= 4096 else ""
     m = max(1, dim // 8)
