@@ -90,6 +90,8 @@ def _merge_rows(path: str, result: dict) -> None:
         keys = {(r["index"], r["n_database"]) for r in result["rows"]}
         rows = [r for r in old.get("rows", []) if (r["index"], r["n_database"]) not in keys] + result["rows"]
         rows.sort(key=lambda r: (r["n_database"], r["index"]))
+        for r in rows:
+            r["index_family"] = index_family(r["index"], r["n_database"], old.get("dim", result.get("dim", 512)))
         merged = {**old, **{k: v for k, v in result.items() if k != "rows"}, "rows": rows}
         merged["extrapolated"] = extrapolate(rows)
         with open(path + ".tmp", "w") as f:
@@ -101,9 +103,13 @@ def _merge_rows(path: str, result: dict) -> None:
 
 def markdown(result: dict) -> str:
     """The measured rows and the extrapolations as Markdown tables (regenerated from the JSON on every merge)."""
-    lines = ["# Replication search (CPU, FAISS)", "", f"`{result.get('command', '')}`; faiss {result.get('faiss')}, "
-             f"{result.get('cpu_count')} cores shared with other jobs: wall-clock q/s are lower bounds; q/CPU-s is "
-             "the rate per core.", "",
+    commands = list(dict.fromkeys(r["command"] for r in result["rows"] if r.get("command"))) or [result.get("command", "")]
+    loads = [r["load_average"][0] for r in result["rows"] if r.get("load_average")]
+    lines = ["# Replication search (CPU, FAISS)", "", "Reproduce (each command adds its rows to the JSON):", "",
+             *[f"    nice -n 10 {c}" for c in commands], "",
+             f"faiss {result.get('faiss')}, {result.get('cpu_count')} cores shared with other jobs (1-min load average "
+             f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} during the runs, per row in the JSON): wall-clock "
+             "q/s are lower bounds; q/CPU-s (queries per CPU second of this process, all threads) is the rate per core.", "",
              "| index | n | q/s (wall) | q/CPU-s | recall@1 matched | recall@1 plain | recall@1 (exact top-1 >= 0.5) "
              "| build s (wall) | build CPU s | index MiB | peak anon RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -113,14 +119,48 @@ def markdown(result: dict) -> str:
             f"| {r['recall_at_1_matched']:.3f} | {r['recall_at_1_plain']:.3f} | {'' if high is None else f'{high:.3f}'} "
             f"| {r['build_s']:,.0f} | {r.get('build_cpu_s', 0):,.0f} | {r['index_bytes'] / 2**20:,.1f} "
             f"| {r.get('peak_anon_rss_bytes', 0) / 2**20:,.0f} |")
+    lines += ["", "Fastest per CPU second among the rows that meet the recall target (recall@1 >= "
+              f"{TARGETS['recall_at_1_matched']} on queries whose exact top-1 is >= 0.5, the exact top-1 of every planted-copy query at rank 1):", ""]
+    lines += [f"- {n:,}: {r['index']} ({r['queries_per_cpu_s']:,.0f} q/CPU-s, {r['queries_per_s']:,.0f} q/s wall)"
+              for n, r in best_rows(result["rows"]).items()]
     lines += ["", "EXTRAPOLATED (not measured; see extrapolate() for the model):", "",
-              "| index family | n | q/s per core | q/s on 16 cores | 240k-query sweep on 16 cores (s) | index GiB | build CPU h |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| index family | n | q/s per core | q/s on 16 cores | 240k-query sweep on 16 cores (s) | index GiB | build CPU h "
+              "| recall target met where measured |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for e in result.get("extrapolated", []):
         lines.append(f"| {e['index_family']} | {e['n_database']:,} | {e['queries_per_s_per_core']:,.0f} | "
                      f"{e['queries_per_s_16_cores']:,.0f} | {e['sweep_240k_s_16_cores']:,.0f} | "
-                     f"{e['index_bytes'] / 2**30:.2f} | {e['build_cpu_s'] / 3600:.2f} |")
+                     f"{e['index_bytes'] / 2**30:.2f} | {e['build_cpu_s'] / 3600:.2f} | "
+                     f"{'yes' if e.get('meets_recall_target_measured') else 'no'} (measured at {e['from_sizes']}) |")
     return "\n".join(lines) + "\n"
+
+
+def index_family(label: str, n: int, dim: int) -> str:
+    """Rows of one family scale together in extrapolate(): the default factory (whose list count, and from 4096
+    lists its HNSW coarse quantizer, follow n) is one family; any other factory only across list counts."""
+    if label == "exact":
+        return "exact"
+    factory = label.split(" ")[0]
+    if factory == default_factory(n, dim):
+        return "default_factory: " + re.sub(r"IVF\d+(_HNSW\d+)?", "IVF{nlist}", label)
+    return re.sub(r"IVF\d+", "IVF{nlist}", label)
+
+
+def meets_target(r: dict) -> bool:
+    """recall@1 >= target on queries whose exact top-1 is >= 0.5, and every planted query's exact top-1 (its
+    source, or a closer stored copy) at rank 1."""
+    high = r.get("recall_at_1_exact_top1_ge_0.5")
+    return high is not None and high >= TARGETS["recall_at_1_matched"] and r["recall_at_1_matched"] >= 1.0
+
+
+def best_rows(rows: list[dict]) -> dict[int, dict]:
+    """Per database size, the approximate row with the most queries per CPU second that meets the recall target."""
+    best: dict[int, dict] = {}
+    for r in rows:
+        if r["index"] == "exact" or not meets_target(r):
+            continue
+        if r["n_database"] not in best or r["queries_per_cpu_s"] > best[r["n_database"]]["queries_per_cpu_s"]:
+            best[r["n_database"]] = r
+    return dict(sorted(best.items()))
 
 
 def extrapolate(rows: list[dict]) -> list[dict]:
@@ -149,6 +189,7 @@ def extrapolate(rows: list[dict]) -> list[dict]:
                 "sweep_240k_s_16_cores": TARGETS["sweep_queries"] / (per_core * 16),
                 "index_bytes": big["index_bytes"] / big["n_database"] * n,
                 "build_cpu_s": big["build_cpu_s"] / big["n_database"] * n, "qps_exponent": slope,
+                "meets_recall_target_measured": all(meets_target(r) for r in rs),
             })
     return out
 
@@ -188,7 +229,7 @@ def run_one(store, n: int, factory: str, queries, args, rss: PeakRss) -> list[di
         ok_all = np.concatenate([recall["matched"], recall["plain"]])
         label = factory if len(args.sweep) == 1 else f"{factory} nprobe={nprobe} rerank={candidates}"
         rows.append({
-            "index": label, "index_family": re.sub(r"IVF\d+(_HNSW\d+)?", "IVF{nlist}", label),
+            "index": label, "index_family": index_family(label, n, args.dim),
             "n_database": n, "queries_per_s": len(all_q) / search_s,
             # CPU seconds of this process (all threads): what a core delivers when it is not shared
             "queries_per_cpu_s": len(all_q) / max(search_cpu_s, 1e-3), "build_cpu_s": build_cpu_s,
@@ -199,6 +240,7 @@ def run_one(store, n: int, factory: str, queries, args, rss: PeakRss) -> list[di
             "peak_anon_rss_bytes_build": build_rss, "peak_anon_rss_bytes": rss.peak, "nprobe": nprobe,
             "candidates_reranked": candidates, "k": args.k, "n_queries_timed": len(all_q), "n_queries_recall": 2 * g,
             "plain_exact_top1_median": float(np.median(gt_top1["plain"])), "load_average": os.getloadavg(),
+            "command": args.command,
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -219,7 +261,7 @@ def exact_row(store, n: int, queries, args, rss) -> dict:
             "queries_per_cpu_s": len(q) / max(cpu_s, 1e-3),
             "recall_at_1_matched": 1.0, "recall_at_1_plain": 1.0, "build_s": 0.0, "index_bytes": 0,
             "peak_anon_rss_bytes": rss.peak, "n_queries_timed": len(q), "note": "chunked float32 matmul over the float16 store",
-            "load_average": os.getloadavg()}
+            "load_average": os.getloadavg(), "command": args.command}
 
 
 def main(argv=None) -> int:
@@ -241,7 +283,12 @@ def main(argv=None) -> int:
     parser.add_argument("--scratch", default="/tmp/replication_search_bench", help="where the synthetic stores go (deleted at the end)")
     parser.add_argument("--keep-scratch", action="store_true")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing: recompute families, extrapolations and the .md from the JSON in --out")
     args = parser.parse_args(argv)
+    if args.render_only:
+        _merge_rows(os.path.join(args.out, RESULT_FILE), {"rows": []})
+        return 0
     try:
         runs = [(int(r.split(":", 1)[0]), r.split(":", 1)[1]) for r in args.runs]
     except (ValueError, IndexError):
@@ -258,12 +305,13 @@ def main(argv=None) -> int:
         return 2
     import faiss
 
+    args.command = "python -m benchmarks.replication_search " + " ".join(argv if argv is not None else sys.argv[1:])
     rss = PeakRss()
     args.exact_cache = {}
     header = {"benchmark": "replication_search_cpu", "faiss": faiss.__version__, "cpu": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "dim": args.dim,
               "data": "synthetic clustered unit descriptors + planted near-duplicates (see benchmarks/replication_search.py)",
-              "command": "python -m benchmarks.replication_search " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": args.command,
               "targets": TARGETS, "shared_machine_note": "2 cores shared with other jobs: queries/s are lower bounds"}
     out_path = os.path.join(args.out, RESULT_FILE)
     try:

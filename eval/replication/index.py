@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -32,6 +33,7 @@ from eval.replication.store import DescriptorStore
 log = logging.getLogger(__name__)
 INDEX_KINDS = ("auto", "flat", "approx")
 INDEX_FILE = "index.json"
+RERANK_BLOCK = 256  # queries re-ranked together (see rerank)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class IndexSettings:
     """A shard holds at most this much index; above it the index is split and searched shard by shard."""
     checkpoint_rows: int = 1_000_000
     """Rows added between saves of the shard being built (the most a crash can lose)."""
+    search_threads: int = 0
+    """Query batches searched and re-ranked concurrently (0: one per CPU core; 1 on GPU)."""
     gpu: bool = True
     """Search on GPUs when faiss-gpu is installed and sees one. Fast-scan PQ has no GPU version and stays on CPU
     (with a warning); for GPU search choose e.g. factory "IVF8192,PQ64"."""
@@ -61,9 +65,18 @@ class IndexSettings:
 def default_factory(n: int, dim: int) -> str:
     """IVF with ~2*sqrt(n) lists (a power of two; an HNSW coarse quantizer from 4096 lists, so assigning 10M+
     vectors stays cheap) and 4-bit fast-scan PQ, one sub-quantizer per 8 dimensions (32 bytes for 512-d).
-    Measured by benchmarks/replication_search.py (results/replication_search_cpu.json): recall@1 1.0 on planted
-    copies at 100k and 1M. 8-bit IVF-PQ and HNSW over PQ are in that benchmark too but their 1M runs did not
-    finish on the shared 2-core machine; fast-scan is the pick from FAISS's own guidance (faster list scans)."""
+
+    Measured side by side at 1M synthetic 512-d descriptors by benchmarks/replication_search.py
+    (results/replication_search_cpu.md; 2 shared cores, nprobe 16, 16 candidates re-ranked): this index
+    (IVF2048,PQ64x4fs) searched ~11k queries/s wall, ~12k per CPU second (~16k per CPU second with 8 candidates),
+    8-bit IVF2048,PQ64 ~1.9k per CPU second with the same recall@1 (1.0 on every query whose exact top-1 is
+    >= 0.5, planted copies all at rank 1), 1.7x the bytes and 2.3x the build CPU time; its finer codes only
+    raise recall on plain queries (top-1 ~0.34, below any audit threshold). An HNSW coarse quantizer over 2048
+    lists (IVF2048_HNSW32) was 2.4-2.8x slower than the flat one (its graph walk costs more than one BLAS product
+    with 2048 centroids), so it is used only from 4096 lists, where a flat assignment of every added vector gets
+    expensive. HNSW over PQ (IDMap,HNSW32_PQ64, efSearch 64) found only 68% of planted copies' exact top-1, at
+    1.8k queries per CPU second, 7.6x the bytes and 7x the build CPU time. At 10M this default
+    (IVF8192_HNSW32,PQ64x4fs) kept recall@1 1.0 at ~2.5k queries per CPU second; 22M/57M are extrapolated there."""
     nlist = 2 ** max(2, min(16, round(math.log2(max(4.0, 2 * math.sqrt(n))))))
     quantizer = "_HNSW32" if nlist >= 4096 else ""
     m = max(1, dim // 8)
@@ -252,32 +265,64 @@ class ReplicationIndex:
     def candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The index's own top-k (approximate scores for "approx"), merged over shards; ids -1 where none."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-        best_i = np.full((len(q), k), -1, dtype=np.int64)
+        best_s = best_i = None
         for index in self._shards():
             s, i = index.search(q, k)
             s = np.where(i < 0, -np.inf, s)
+            if best_s is None:  # the first (often only) shard needs no merge
+                best_s, best_i = s, i
+                continue
             all_s, all_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
             top = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
             best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
         return best_s, best_i
 
-    def search(self, queries: np.ndarray, k: int, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), (n, k), best first; scores are exact cosines with the stored descriptors."""
-        q = np.asarray(queries, dtype=np.float32)
-        out = [rerank(q[s:s + batch], self.candidates(q[s:s + batch], max(k, self.settings.candidates))[1],
-                      self.store, k) for s in range(0, len(q), batch)]
+    def search(self, queries: np.ndarray, k: int, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), (n, k), best first; scores are exact cosines with the stored descriptors.
+
+        Query batches run on `search_threads` Python threads: FAISS, the store gather and torch release the GIL,
+        so one batch's index search overlaps another's re-rank (the re-rank alone is single-threaded)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        c = max(k, self.settings.candidates)
+        if self._cache is None:  # shards streamed from disk: each read once for all queries, then re-ranked
+            ids = self.candidates(q, c)[1]
+
+            def work(s):
+                return rerank(q[s:s + batch], ids[s:s + batch], self.store, k)
+        else:
+            list(self._shards())  # loads the shards once, before the threads share them
+
+            def work(s):
+                return rerank(q[s:s + batch], self.candidates(q[s:s + batch], c)[1], self.store, k)
+        threads = 1 if self.on_gpu else (self.settings.search_threads or os.cpu_count() or 1)
+        starts = range(0, len(q), batch)
+        if threads == 1 or len(starts) <= 1:
+            out = [work(s) for s in starts]
+        else:
+            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+                out = list(pool.map(work, starts))
+        if not out:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
-def rerank(queries: np.ndarray, ids: np.ndarray, store: DescriptorStore, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine of each query with its candidate rows (read from the store), top-k of them, best first."""
-    valid = ids >= 0
-    uniq, inverse = np.unique(ids[valid], return_inverse=True)
-    rows = store.rows(uniq)
-    sims = np.full(ids.shape, -np.inf, dtype=np.float32)
-    q_of = np.nonzero(valid)[0]
-    sims[valid] = np.einsum("nd,nd->n", queries[q_of], rows[inverse])
+def rerank(queries: np.ndarray, ids: np.ndarray, store: DescriptorStore, k: int,
+           block: int = RERANK_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine of each query with its candidate rows (read from the store), top-k of them, best first.
+
+    The rows are gathered once in the stored dtype, then converted to float32 and multiplied `block` queries at a
+    time so each float32 block stays in cache (torch: vectorised float16 conversion, batched dot products); one
+    float32 gather + numpy einsum over all candidates ran ~5x slower at 1M (memory-bound)."""
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    n, c = ids.shape
+    # one gather in the stored dtype (rows sorted per chunk: few, near-sequential reads); -1 ids masked below
+    rows = torch.from_numpy(store.rows(np.where(ids >= 0, ids, 0), dtype=None)).view(n, c, -1)
+    sims = np.empty((n, c), dtype=np.float32)
+    for s in range(0, n, block):
+        sims[s:s + block] = torch.bmm(rows[s:s + block].float(), q[s:s + block, :, None])[..., 0].numpy()
+    sims[ids < 0] = -np.inf
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     scores, top = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
     return scores, np.where(np.isneginf(scores), -1, top)

@@ -7,7 +7,7 @@ import pytest
 
 from eval.replication.synthetic import toward, write_store
 from eval.replication.index import (
-    IndexSettings, ReplicationIndex, build_index, default_factory, open_index, recall_at_1, resolve_kind,
+    IndexSettings, ReplicationIndex, build_index, default_factory, open_index, recall_at_1, rerank, resolve_kind,
 )
 from eval.replication.search import topk_cosine
 from eval.replication.store import DescriptorStore
@@ -62,6 +62,30 @@ def test_reranked_similarities_equal_exact_cosine(store_dir, tmp_path):
     exact = np.einsum("qd,qkd->qk", queries.astype(np.float64), stored[ids])
     np.testing.assert_allclose(scores, exact, rtol=0, atol=1e-6)
     assert np.abs(approx_scores - scores).max() > 1e-3  # the PQ scores alone would not have been exact
+
+
+def test_threaded_batched_search_equals_serial_and_rerank_skips_missing_candidates(store_dir, tmp_path):
+    store = _copy(store_dir, tmp_path)
+    queries, _ = _planted(store, np.random.default_rng(4))
+    serial = open_index(store, IndexSettings(**APPROX, search_threads=1))
+    threaded = ReplicationIndex(serial.folder, store, IndexSettings(**APPROX, search_threads=3))
+    s1, i1 = serial.search(queries, 5)
+    s3, i3 = threaded.search(queries, 5, batch=7)  # 6 batches over 3 threads, the last one short
+    np.testing.assert_array_equal(i1, i3)
+    np.testing.assert_array_equal(s1, s3)
+    assert threaded.search(queries[:0], 5)[1].shape == (0, 5)
+
+    # -1 = the index had fewer candidates than asked: never returned, and padded with -1 / -inf past the real ones
+    ids = np.array([[5, -1, 7], [-1, -1, 9], [-1, -1, -1]], dtype=np.int64)
+    q = queries[:3]
+    scores, top = rerank(q, ids, store, 3, block=2)  # block 2: the re-rank's block boundary falls inside
+    stored = store.rows(np.array([5, 7, 9])).astype(np.float64)
+    exact = q.astype(np.float64) @ stored.T
+    first = [5, 7] if exact[0, 0] >= exact[0, 1] else [7, 5]
+    assert top[0].tolist() == first + [-1] and top[1].tolist() == [9, -1, -1] and top[2].tolist() == [-1] * 3
+    np.testing.assert_allclose(scores[0, :2], sorted(exact[0, :2], reverse=True), atol=1e-6)
+    np.testing.assert_allclose(scores[1, 0], exact[1, 2], atol=1e-6)
+    assert np.isneginf(scores[0, 2]) and np.isneginf(scores[2]).all()
 
 
 def test_flat_index_is_exact_and_sharded_by_the_memory_budget(store_dir, tmp_path):

@@ -79,5 +79,18 @@ def test_search_benchmark_writes_one_row_per_index_and_size(tmp_path):
     assert rows["IVF8,PQ8x4fs"]["recall_at_1_matched"] >= 0.5 and 0 < rows["IVF8,PQ8x4fs"]["index_bytes"]
     assert {e["n_database"] for e in result["extrapolated"]} == {22_000_000, 57_000_000}
     assert all(e["extrapolated"] for e in result["extrapolated"])
+    assert all(r["command"] == "python -m benchmarks.replication_search " + " ".join(argv) and len(r["load_average"]) == 3
+               for r in rows.values())
+    assert "nice -n 10 python -m benchmarks.replication_search --runs 3000:IVF8,PQ8x4fs" in (out / "replication_search_cpu.md").read_text()
+    assert bench.best_rows(result["rows"])[3000]["index"] in ("IVF8,PQ8x4fs", "IDMap,Flat")  # never the exact row
+    assert bench.best_rows([{**rows["IDMap,Flat"], "recall_at_1_matched": 0.99}]) == {}
+    (out / "replication_search_cpu.md").unlink()
+    assert bench.main(["--render-only", "--out", str(out)]) == 0 and (out / "replication_search_cpu.md").exists()
+    assert json.loads((out / bench.RESULT_FILE).read_text())["rows"] == result["rows"]
+    # the default factory is one family across sizes (its quantizer changes with n); other factories are not in it
+    label = " nprobe=16 rerank=16"
+    default_1m = bench.index_family("IVF2048,PQ64x4fs" + label, 10**6, 512)
+    assert default_1m == bench.index_family("IVF8192_HNSW32,PQ64x4fs" + label, 10**7, 512)
+    assert default_1m != bench.index_family("IVF2048_HNSW32,PQ64x4fs" + label, 10**6, 512)
     assert not (tmp_path / "scratch").exists()  # synthetic stores are deleted
     assert bench.main(["--runs", "3000"]) == 2
