@@ -68,7 +68,8 @@ def default_factory(n: int, dim: int) -> str:
 
     Measured side by side at 1M synthetic 512-d descriptors by benchmarks/replication_search.py
     (results/replication_search_cpu.md; 2 shared cores, nprobe 16, 16 candidates re-ranked): this index
-    (IVF2048,PQ64x4fs) searched ~11k queries/s wall, ~12k per CPU second (~16k per CPU second with 8 candidates),
+    (IVF2048,PQ64x4fs) searched ~26k queries/s wall on an otherwise idle machine (~11k with other jobs running),
+    ~13k per CPU second (~15k per CPU second with 8 candidates),
     8-bit IVF2048,PQ64 ~1.9k per CPU second with the same recall@1 (1.0 on every query whose exact top-1 is
     >= 0.5, planted copies all at rank 1), 1.7x the bytes and 2.3x the build CPU time; its finer codes only
     raise recall on plain queries (top-1 ~0.34, below any audit threshold). An HNSW coarse quantizer over 2048
