@@ -206,25 +206,6 @@ def build_index(store: DescriptorStore, settings: IndexSettings, *, kind: Option
     return folder
 
 
-def _exact_coarse_quantizer(index, ivf) -> None:
-    """Search an IVF index built with an HNSW coarse quantizer through a flat one over the same centroids.
-
-    HNSW makes *adding* 10M+ vectors cheap, but at search time its graph walk over 8,192 centroids was slower
-    than one matrix product with all of them and found only ~73% of the exact nearest lists (benchmarks/
-    replication_search.py, 10M); the flat quantizer assigns lists exactly, so nprobe means what it says."""
-    import faiss
-
-    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-    flat = faiss.IndexFlat(ivf.d, ivf.quantizer.metric_type)
-    flat.add(centroids)
-    old = ivf.quantizer
-    if ivf.own_fields:
-        old.this.own(True)  # Python frees the HNSW quantizer once `old` goes
-    ivf.own_fields = False
-    ivf.quantizer = flat
-    index.referenced_objects = [*getattr(index, "referenced_objects", []), flat]  # FAISS's keep-alive field
-
-
 def _gpu_count() -> int:
     import faiss
 
@@ -259,11 +240,10 @@ class ReplicationIndex:
         index = faiss.read_index(os.path.join(self.folder, shard["file"]))
         if self.kind == "approx":
             params = faiss.ParameterSpace()
-            ivf = faiss.try_extract_index_ivf(index)
-            if ivf is not None:
+            if faiss.try_extract_index_ivf(index) is not None:
                 params.set_index_parameter(index, "nprobe", self.settings.nprobe)
-                if "HNSW" in self.factory.split(",")[0]:
-                    _exact_coarse_quantizer(index, ivf)
+                if "HNSW" in self.factory.split(",")[0]:  # the coarse quantizer must see at least nprobe lists
+                    params.set_index_parameter(index, "quantizer_efSearch", max(64, 2 * self.settings.nprobe))
             elif "HNSW" in self.factory:  # a graph index (HNSW over PQ): its search breadth plays nprobe's part
                 params.set_index_parameter(index, "efSearch", 4 * self.settings.nprobe)
         if self.settings.gpu and _gpu_count() > 0:

@@ -164,24 +164,3 @@ def test_index_settings_and_identity_checks(store_dir, tmp_path):
     json.dump({**meta, "num_samples": N + 1}, open(meta_path, "w"))
     with pytest.raises(ValueError, match="other descriptors"):
         build_index(store, IndexSettings(kind="flat"))
-
-
-def test_hnsw_coarse_quantizer_is_searched_through_an_exact_flat_one(store_dir, tmp_path):
-    """Built with HNSW (cheap adds at 10M+); searched with a flat quantizer over the same centroids."""
-    import faiss
-
-    store = _copy(store_dir, tmp_path)
-    settings = IndexSettings(**{**APPROX, "factory": "IVF16_HNSW8,PQ16x4fs"})
-    index = open_index(store, settings)
-    [shard] = list(index._shards())
-    ivf = faiss.extract_index_ivf(shard)
-    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-    assert ivf.quantizer.ntotal == 16 and faiss.downcast_index(ivf.quantizer).__class__.__name__ == "IndexFlat"
-    queries, sources = _planted(store, np.random.default_rng(5))
-    lists = faiss.IndexFlatIP(DIM)
-    lists.add(centroids)
-    _, expected = lists.search(np.ascontiguousarray(queries, dtype=np.float32), settings.nprobe)
-    _, got = ivf.quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), settings.nprobe)
-    np.testing.assert_array_equal(got, expected)  # the exact nearest lists
-    scores, ids = index.search(queries, 5)
-    assert (ids[:, 0] == sources).mean() >= 0.9
