@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -362,17 +361,6 @@ def _decoded(sample: dict, name: str) -> str:
     return "" if value is None else str(value.decode())
 
 
-def _bucket_folders(shards_in: str) -> list[str]:
-    """The bucket folders listed in shards_in/buckets.json (an aspect-bucketed latents folder), else []."""
-    from diffusion.datasets.buckets import BUCKETS_FILE
-
-    path = os.path.join(shards_in, BUCKETS_FILE)
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return sorted(json.load(f)["buckets"])
-
-
 def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_column: str = "photo_id",
                     part_size: int = 1000, compression: str | None = None, overwrite: bool = False) -> dict:
     """Copy shards_in to shards_out without opted-out samples (this rank's share; rank 0 merges).
@@ -383,7 +371,7 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
     from data_prep.shards import (ResumableMDSWriter, barrier, count_samples, get_rank_world, iter_ledger,
                                   iter_mds, merge_ranks, part_counts, read_columns, write_manifest)
     from data_prep.subset_writers import SubsetWriters, merge_subsets
-    from diffusion.datasets.buckets import BUCKET_PREFIX, BUCKETS_FILE, write_buckets_file
+    from diffusion.datasets.buckets import BUCKET_PREFIX, read_buckets_file, write_buckets_file
 
     if os.path.realpath(shards_in) == os.path.realpath(shards_out):
         raise ValueError(f"SHARDS_OUT must be a new folder, not SHARDS_IN ({shards_in})")
@@ -396,7 +384,8 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
                 and not n.startswith(".") and n not in ("index.json", MANIFEST_FILE, fingerprint.RECORD_FILE)]
     # Aspect-bucketed latents (precompute_latents --aspect-buckets) keep their bucket folders: each is filtered
     # into the same folder of shards_out, and buckets.json is rewritten with the counts kept.
-    buckets = _bucket_folders(shards_in)
+    bucket_info = read_buckets_file(None, shards_in)
+    buckets = sorted(bucket_info["buckets"]) if bucket_info else []
     record = fingerprint.make("optout", [shards_in], {"key_column": key_column}, optout=optout)
     fingerprint.prepare_output(shards_out, record, overwrite=overwrite, rank=rank, world=world,
                                extra_patterns=tuple(sidecars) + ((BUCKET_PREFIX + "*",) if buckets else ()))
@@ -408,7 +397,8 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
         for subset in buckets or [None]:
             share = iter_mds(os.path.join(shards_in, subset) if subset else shards_in, rank, world,
                              key_column=key_column, raw=True)
-            for key, sample in tqdm(share, total=total // world, desc=f"opt-out rank {rank}", unit="img",
+            share_total = bucket_info["buckets"][subset]["num_samples"] if subset else total
+            for key, sample in tqdm(share, total=share_total // world, desc=f"opt-out rank {rank}", unit="img",
                                     disable=None):
                 if key in done:
                     continue
@@ -426,13 +416,14 @@ def apply_to_shards(shards_in: str, shards_out: str, optout: OptOutList, key_col
     if rank != 0:
         return rank_counts
     folders = [os.path.join(shards_out, b) for b in buckets]
-    kept_per_bucket = merge_subsets(shards_out, BUCKET_PREFIX) if buckets else merge_ranks(shards_out)
+    if buckets:
+        kept_per_bucket = merge_subsets(shards_out, BUCKET_PREFIX)
+    else:
+        merge_ranks(shards_out)
     for name in sidecars:  # sidecar files (e.g. empty_caption_latents.npy) travel with the shards
         shutil.copy2(os.path.join(shards_in, name), os.path.join(shards_out, name))
     if buckets:
-        with open(os.path.join(shards_in, BUCKETS_FILE)) as f:
-            info = json.load(f)
-        write_buckets_file(shards_out, info["resolutions"], info["multiple"], kept_per_bucket)
+        write_buckets_file(shards_out, bucket_info["resolutions"], bucket_info["multiple"], kept_per_bucket)
     counts = part_counts(shards_out, *folders)
     removed = [{"key": e["key"], "reason": e["reason"]} for folder in (shards_out, *folders)
                for e in iter_ledger(folder) if e["status"] == "skipped"]

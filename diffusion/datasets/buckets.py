@@ -153,5 +153,5 @@ def bucket_streams(remote: str | None, local: str | None, resolution: int, globa
                     global_batch, dropped)
     if not streams:
         raise ValueError(f"dataset.aspect_buckets: no bucket in {where} holds a full global batch of "
-                         f"{global_batch} samples ({info['buckets'] and {k: v['num_samples'] for k, v in info['buckets'].items()}})")
+                         f"{global_batch} samples (samples per bucket: {dropped})")
     return streams

@@ -172,10 +172,8 @@ def build_dataloader(
     `aspect_buckets`: `remote`/`local` hold data_prep.precompute_latents --aspect-buckets output; each bucket is
     streamed as its own stream and every global batch comes from one bucket (diffusion.datasets.buckets).
     """
-    streams, batching = _streams_and_batching(remote, local, streams, resolution, precomputed_latents,
-                                              aspect_buckets, batch_size)
-    if streams and aspect_buckets:
-        remote = local = None
+    remote, local, streams, batching = _streams_and_batching(remote, local, streams, resolution,
+                                                             precomputed_latents, aspect_buckets, batch_size)
     dataset = TextImageDataset(
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, caption_key=caption_key, resolution=resolution,
         precomputed_latents=precomputed_latents, random_crop=random_crop,
@@ -193,13 +191,14 @@ def build_dataloader(
 
 
 def _streams_and_batching(remote, local, streams, resolution, precomputed_latents, aspect_buckets, batch_size):
-    """(streams, Streaming batching_method): per-bucket streams batched per stream with aspect_buckets; else
-    the yaml's own. A bucketed dataset read without aspect_buckets is refused: its batches would mix shapes."""
+    """(remote, local, streams, Streaming batching_method): with aspect_buckets, the per-bucket streams batched
+    per stream in place of remote/local; else the yaml's own. A bucketed dataset read without aspect_buckets is
+    refused: its batches would mix shapes."""
     if not aspect_buckets:
         if not streams and read_buckets_file(remote, local) is not None:
             raise ValueError(f"dataset: {local or remote} holds aspect-bucketed latents ({BUCKETS_FILE}); "
                              f"set dataset.aspect_buckets: true")
-        return streams, "random"
+        return remote, local, streams, "random"
     if streams:
         raise ValueError("dataset.aspect_buckets reads one bucketed dataset (remote/local), not dataset.streams")
     if not precomputed_latents:
@@ -207,4 +206,4 @@ def _streams_and_batching(remote, local, streams, resolution, precomputed_latent
                          "by data_prep.precompute_latents --aspect-buckets)")
     from composer.utils import dist
 
-    return bucket_streams(remote, local, resolution, batch_size * dist.get_world_size()), "per_stream"
+    return None, None, bucket_streams(remote, local, resolution, batch_size * dist.get_world_size()), "per_stream"

@@ -65,6 +65,19 @@ def write_latent_shards(remote, split, n=8, seq=16, dim=32, xl=False):
         np.save(os.path.join(out, "empty_pooled_caption_latents.npy"), rng.randn(32).astype("float16"))
 
 
+def _on_cpu(tmp_path, unet: str, tag: str) -> list[str]:
+    """Overrides that run a recipe for one batch on CPU: tiny frozen models, shrunk UNet, fp32, no FSDP; `tag`
+    keeps a second run's cache, checkpoints and log apart from the first's."""
+    return [
+        f"variables.remote={tmp_path}/remote", f"variables.local={tmp_path}/cache{tag}", "variables.frozen_models=tiny",
+        f"model.unet_overrides={SHRINK[unet]}",
+        "trainer.precision=fp32", "trainer.parallelism_config=null", "trainer.device_train_microbatch_size=null",
+        "trainer.train_batch_size=2", "trainer.max_duration=1ba", f"trainer.save_folder={tmp_path}/ckpt{tag}",
+        f"loggers.file.filename={tmp_path}/log{tag}.txt", "dataset.num_workers=0", "dataset.cache_limit=null",
+        "callbacks.memory_monitor=null",
+    ]
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
 def test_recipe_builds_and_trains_a_batch(path, tmp_path):
     raw = OmegaConf.load(path)
@@ -81,13 +94,8 @@ def test_recipe_builds_and_trains_a_batch(path, tmp_path):
 
     write_latent_shards(str(tmp_path / "remote"), split, xl=raw.model.unet == "sdxl")
     cfg = load_config(path, [
-        f"variables.remote={tmp_path}/remote", f"variables.local={tmp_path}/cache", "variables.frozen_models=tiny",
-        f"model.unet_overrides={SHRINK[raw.model.unet]}",
-        "trainer.precision=fp32", "trainer.parallelism_config=null", "trainer.device_train_microbatch_size=null",
-        "trainer.train_batch_size=2", "trainer.max_duration=1ba", f"trainer.save_folder={tmp_path}/ckpt",
-        f"loggers.file.filename={tmp_path}/log.txt", "dataset.num_workers=0", "dataset.cache_limit=null",
-        "callbacks.sample_images.num_inference_steps=2", "callbacks.sample_images.height=32",
-        "callbacks.sample_images.width=32", "callbacks.memory_monitor=null",
+        *_on_cpu(tmp_path, raw.model.unet, ""), "callbacks.sample_images.num_inference_steps=2",
+        "callbacks.sample_images.height=32", "callbacks.sample_images.width=32",
     ], TrainConfig)
     trainer = build_trainer(cfg)
     assert trainer.state.model.unet.config.down_block_types == list(
@@ -112,12 +120,7 @@ def _second_phase_at_512(path, cfg, tmp_path):
     assert cfg.dataset.aspect_buckets is True
     phase_1 = os.path.realpath(f"{tmp_path}/ckpt/latest-rank0.pt")
     cfg_512 = load_config(path, [
-        f"variables.remote={tmp_path}/remote",
-        f"variables.local={tmp_path}/cache512", "variables.frozen_models=tiny", f"model.unet_overrides={SHRINK['sdxl']}",
-        "trainer.precision=fp32", "trainer.parallelism_config=null", "trainer.device_train_microbatch_size=null",
-        "trainer.train_batch_size=2", "trainer.max_duration=1ba", f"trainer.save_folder={tmp_path}/ckpt512",
-        f"loggers.file.filename={tmp_path}/log512.txt", "dataset.num_workers=0", "dataset.cache_limit=null",
-        "callbacks.sample_images=null", "callbacks.memory_monitor=null", "dataset.resolution=512",
+        *_on_cpu(tmp_path, "sdxl", "512"), "callbacks.sample_images=null", "dataset.resolution=512",
         f"trainer.load_path={phase_1}", "trainer.load_weights_only=true", "run_name=phase-512",
     ], TrainConfig)
     trainer = build_trainer(cfg_512)
