@@ -15,6 +15,29 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def _retry_on_prefix_race(get_shm_prefix):
+    """Streaming picks the first shared-memory prefix no running dataset holds, then creates it; two xdist
+    workers opening datasets at the same moment can pick the same one, and the second create fails with
+    FileExistsError (seen as a flaky test). Picking again finds the next free prefix. Safe here because every
+    test process is its own local leader (the multi-rank tests run their ranks in subprocesses, unpatched)."""
+    import time
+
+    def patched(*args, **kwargs):
+        for attempt in range(10):
+            try:
+                return get_shm_prefix(*args, **kwargs)
+            except FileExistsError:
+                time.sleep(0.05 * (attempt + 1))
+        return get_shm_prefix(*args, **kwargs)
+
+    return patched
+
+
+import streaming.base.dataset as _streaming_dataset  # noqa: E402
+
+_streaming_dataset.get_shm_prefix = _retry_on_prefix_race(_streaming_dataset.get_shm_prefix)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
